@@ -1,0 +1,195 @@
+"""Pydantic models of the job YAML. Every error is one line: ``file: field.path: problem``.
+
+Each workload declares its own ``Config`` (a subclass of :class:`JobConfig`) and registers it
+under its ``kind:``; :func:`load_job` picks the class from the registry and validates the whole
+file against it, so unknown keys, wrong types and impossible sizes are refused before anything
+runs or is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, UnknownKind
+
+
+class Spec(BaseModel):
+    """Base of every config block: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SampleSpec(Spec):
+    name: str
+    files: str | list[str]
+    label: int | None = None
+    weight: float = Field(1.0, ge=0)
+    tree: str | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _nonempty(cls, v):
+        if not v:
+            raise ValueError("must name at least one file")
+        return v
+
+
+class DatasetSpec(Spec):
+    """Which events to read. Either ``files`` (one unlabelled sample) or ``samples``."""
+
+    files: str | list[str] | None = None
+    samples: list[SampleSpec] = []
+    tree: str = "Events"
+    branches: list[str] = []
+    expressions: dict[str, str] = {}
+    cut: str | None = None
+    event_id: list[str] | None = None  # default: detected run/lumi/event branches
+    shard_events: int = Field(200_000, gt=0)
+    shard_bytes: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _files_or_samples(self):
+        if not self.files and not self.samples:
+            raise ValueError("give `files:` or `samples:`")
+        if self.files and self.samples:
+            raise ValueError("give either `files:` or `samples:`, not both")
+        from .data.expressions import Expression
+
+        for name, text in self.expressions.items():
+            Expression(text, field=f"expressions.{name}")
+        if self.cut:
+            Expression(self.cut, field="cut")
+        return self
+
+    def sample_list(self) -> list[SampleSpec]:
+        if self.samples:
+            return list(self.samples)
+        return [SampleSpec(name="data", files=self.files)]
+
+
+class OutputSpec(Spec):
+    dir: str | None = None  # default: runs/<name>
+    format: Literal["root", "parquet"] = "root"
+    compression: str = "zstd"
+    tree: str = "hepray"
+
+    @field_validator("compression")
+    @classmethod
+    def _codec(cls, v):
+        if v.split(":")[0].lower() not in {"zstd", "lz4", "zlib", "lzma", "none"}:
+            raise ValueError("must be one of zstd, lz4, zlib, lzma, none (optionally codec:level)")
+        return v
+
+
+class EngineSpec(Spec):
+    workers: int | None = Field(None, gt=0)  # default: the cluster's CPUs / cpus_per_worker
+    cpus_per_worker: float = Field(1.0, gt=0)
+    in_flight: int | None = Field(None, gt=0)  # shards queued per worker beyond the running one
+    max_retries: int = Field(2, ge=0)
+    on_error: Literal["fail", "skip"] = "fail"
+    progress_every_s: float = Field(5.0, gt=0)
+
+
+class JobConfig(Spec):
+    """Fields every job has. Workloads subclass this with their own blocks."""
+
+    kind: str
+    name: str = "job"
+    seed: int = 12345
+    output: OutputSpec = OutputSpec()
+    engine: EngineSpec = EngineSpec()
+
+    # where the job came from; relative paths in the job resolve against its folder
+    source: str = Field("", exclude=True)
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir or os.path.join("runs", self.name))
+
+    def resolve(self, path: str) -> str:
+        """A path in the job, relative to the job file's folder unless absolute or a URL."""
+        if "://" in path or os.path.isabs(path) or not self.source:
+            return path
+        return os.path.join(os.path.dirname(self.source), path)
+
+
+def _format_loc(loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def validate(config_cls: type[JobConfig], data: dict, where: str = "") -> JobConfig:
+    """Validate ``data`` against ``config_cls``; the first problem becomes one ConfigError line."""
+    try:
+        cfg = config_cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _format_loc([p for p in err["loc"] if p not in ("function-after[_files_or_samples(), DatasetSpec]",)])
+        msg = err["msg"].removeprefix("Value error, ")
+        nested = (err.get("ctx") or {}).get("error")
+        if isinstance(nested, ConfigError):  # e.g. an expression refused inside a block
+            loc = ".".join(p for p in (loc, nested.field) if p)
+            msg = nested.problem
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see docs/jobs.md)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(where, loc, msg + more) from None
+    except ConfigError as exc:  # raised by nested checks such as expressions
+        raise ConfigError(where, exc.field, exc.problem) from None
+    if where:
+        object.__setattr__(cfg, "source", where)
+    return cfg
+
+
+def load_job(source: str | os.PathLike | dict, registry=None, overrides: dict | None = None) -> JobConfig:
+    """Read a job (YAML path or dict), pick its workload by ``kind:`` and validate it.
+
+    >>> job = load_job({"kind": "infer", "dataset": {"files": "x.root"}, "model": {"path": "m.json", "features": ["a"]}})
+    >>> job.kind
+    'infer'
+    """
+    from .workloads import REGISTRY
+
+    registry = registry or REGISTRY
+    where = ""
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        where = str(source)
+        try:
+            with open(where) as f:
+                data = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(where, "", "job file not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(where, "", f"not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(where, "", "a job file must be a YAML mapping with at least `kind:`")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(where, "kind", "required field is missing (one of: " + ", ".join(registry.kinds()) + ")")
+    if kind not in registry:
+        raise UnknownKind(where, kind, registry.kinds())
+    return validate(registry.get(kind).Config, data, where)
+
+
+def _set_dotted(data: dict, key: str, value: Any):
+    parts = key.split(".")
+    for p in parts[:-1]:
+        data = data.setdefault(p, {})
+    data[parts[-1]] = value

@@ -1,0 +1,65 @@
+"""Turning ``files:`` patterns into concrete paths/URLs, and opening them with clear errors."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from ..errors import ConfigError, DataError, TreeNotFound
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def expand(patterns: str | list[str], resolve=lambda p: p, field: str = "dataset.files") -> list[str]:
+    """Globs, lists and URLs -> an ordered, de-duplicated file list. A pattern that matches
+    nothing is an error (a silent empty dataset is how events go missing)."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    out: list[str] = []
+    for pat in patterns:
+        pat = resolve(pat)
+        if is_url(pat):
+            if any(ch in pat for ch in "*?["):
+                import fsspec
+
+                fs, _, paths = fsspec.get_fs_token_paths(pat)
+                proto = pat.split("://")[0]
+                found = sorted(f"{proto}://{p}" if "://" not in p else p for p in fs.glob(pat))
+            else:
+                found = [pat]
+        else:
+            pat = pat.removeprefix("file://")
+            found = sorted(glob.glob(os.path.expanduser(pat))) if any(ch in pat for ch in "*?[") else [pat]
+        if not found:
+            raise ConfigError("", field, f"pattern {pat!r} matched no files")
+        out.extend(f for f in found if f not in out)
+    return out
+
+
+def open_tree(path: str, tree: str):
+    """Open ``path`` and return (file, tree-like object). Errors name the file and say what to do."""
+    import uproot
+
+    try:
+        f = uproot.open(path, timeout=60)
+    except FileNotFoundError:
+        raise DataError(path, "file not found", hint="check `files:`, or set engine.on_error: skip") from None
+    except Exception as exc:  # uproot raises many types for a damaged header
+        raise DataError(path, f"cannot open as ROOT ({_first_line(exc)})",
+                        hint="the file may be empty, truncated or not ROOT; re-copy it or set engine.on_error: skip") from None
+    try:
+        obj = f[tree]
+    except Exception:
+        names = sorted({k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")})
+        f.close()
+        raise TreeNotFound(path, tree, names) from None
+    if not hasattr(obj, "num_entries"):
+        f.close()
+        raise DataError(path, f"{tree!r} is a {type(obj).__name__}, not a TTree or RNTuple", hint="set `tree:`")
+    return f, obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

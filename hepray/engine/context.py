@@ -1,0 +1,142 @@
+"""RunContext: what a workload gets to plan data, map shards and write into its run directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ..config import DatasetSpec, JobConfig
+from ..data.planning import iter_plan
+from ..data.shard import Shard
+from ..errors import HeprayError, JobFailed
+from ..io.parts import COMMITTED, write_json_atomic
+from . import executor
+from .runtime import cluster_cpus, ensure_ray
+
+
+class Plan:
+    """A plan streamed to ``plan.jsonl``: iterating re-reads the file, so memory stays flat."""
+
+    def __init__(self, path: Path, shards: int, events: int, nbytes: int, files: int, skipped: list[dict]):
+        self.path, self.shards, self.events, self.nbytes, self.files, self.skipped = path, shards, events, nbytes, files, skipped
+
+    def __iter__(self) -> Iterator[Shard]:
+        with open(self.path) as f:
+            for line in f:
+                yield Shard.from_dict(json.loads(line))
+
+    def summary(self) -> dict:
+        return {"files": self.files, "shards": self.shards, "events": self.events, "bytes": self.nbytes,
+                "skipped_files": self.skipped}
+
+
+class RunContext:
+    def __init__(self, job: JobConfig, *, resume: bool = False, workers: int | None = None,
+                 address: str | None = None, quiet: bool = False):
+        self.job, self.resume, self.address, self.quiet = job, resume, address, quiet
+        self.run_dir = job.run_dir()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._workers = workers or job.engine.workers
+        self.summaries: dict[str, dict] = {}
+
+    # -- logging ---------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[hepray {self.job.name}] {msg}", file=sys.stderr, flush=True)
+
+    def write_json(self, relpath: str, obj) -> Path:
+        path = self.run_dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, obj)
+        return path
+
+    # -- Ray ---------------------------------------------------------------------------------
+    def workers(self) -> int:
+        ensure_ray(self.address)
+        if self._workers:
+            return self._workers
+        return max(1, int(cluster_cpus() / self.job.engine.cpus_per_worker))
+
+    # -- planning ----------------------------------------------------------------------------
+    def plan(self, dataset: DatasetSpec, name: str = "plan", extra: list[str] | tuple = ()) -> Plan:
+        """Plan ``dataset`` into ``<run_dir>/<name>.jsonl`` (shards aligned to clusters)."""
+        path = self.run_dir / f"{name}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        shards = events = nbytes = 0
+        files: set[str] = set()
+        skipped: list[dict] = []
+        with open(tmp, "w") as f:
+            for s in iter_plan(dataset, self.job.resolve, self.job.engine.on_error, extra=extra):
+                if isinstance(s, dict):
+                    skipped.append(s)
+                    self.log(f"skipped {s['skipped']}: {s['error']}")
+                    continue
+                f.write(json.dumps(s.to_dict()) + "\n")
+                shards += 1
+                events += s.num_entries
+                nbytes += s.nbytes
+                files.add(s.file)
+        tmp.replace(path)
+        return Plan(path, shards, events, nbytes, len(files), skipped)
+
+    # -- execution ---------------------------------------------------------------------------
+    def map_shards(self, shards: Iterable[Shard], processor, *, name: str = "parts", tree: str | None = None,
+                   total: tuple[int, int] | None = None) -> dict:
+        """Process ``shards`` on a pool of actors; each part lands in ``<run_dir>/<name>/``.
+
+        Raises JobFailed (listing the shards and why) when any shard failed and the job's
+        ``engine.on_error`` is ``fail``; with ``skip`` the failures are listed in the manifest.
+        """
+        parts_dir = self.run_dir / name
+        self._guard_existing(parts_dir)
+        if total is None and isinstance(shards, Plan):
+            total = (shards.shards, shards.events)
+        eng, out = self.job.engine, self.job.output
+        summary = executor.map_shards(
+            shards, processor, parts_dir, fmt=out.format, tree=tree or out.tree, compression=out.compression,
+            workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
+            max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
+            label=self.job.name,
+        )
+        failed = [r for r in summary["results"] if r["status"] != "ok"]
+        skipped_files = shards.skipped if isinstance(shards, Plan) else []
+        manifest = {
+            "job": self.job.name, "kind": self.job.kind, "format": out.format, "tree": tree or out.tree,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **{k: v for k, v in summary.items() if k != "results"},
+            "shards_failed": len(failed),
+            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out")}
+                      for r in summary["results"] if r["status"] == "ok"],
+            "failed": [{k: r.get(k) for k in ("shard_id", "source", "error")} for r in failed],
+            "skipped_files": skipped_files,
+        }
+        self.write_json(f"{name}/_manifest.json", manifest)
+        summary = {k: v for k, v in manifest.items() if k != "parts"}
+        self.summaries[name] = summary
+        if failed and self.job.engine.on_error == "fail":
+            first = failed[0]
+            raise JobFailed(f"{len(failed)} of {manifest['shards']} shards failed; first: {first['error']} "
+                            f"(all listed in {parts_dir / '_manifest.json'}; fix the input or set engine.on_error: skip)")
+        if failed:
+            self.log(f"{len(failed)} shards skipped (engine.on_error: skip), listed in {parts_dir / '_manifest.json'}")
+        return summary
+
+    def _guard_existing(self, parts_dir: Path):
+        marker_dir = parts_dir / COMMITTED
+        if self.resume or not marker_dir.exists():
+            return
+        n = sum(1 for _ in marker_dir.glob("*.json"))
+        if n:
+            raise HeprayError(f"{parts_dir} already holds {n} committed parts; pass --resume to finish that run, "
+                              f"or --overwrite to start again")
+
+    def clear(self):
+        """--overwrite: remove previous outputs of this job."""
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+

@@ -1,0 +1,68 @@
+"""The model artifact every workload writes and every consumer (infer, fpga, dask) reads.
+
+A model is a folder::
+
+    model/
+      hepray_model.json   metadata: type, features, classes, preprocessing, architecture, metrics
+      model.json | model.ubj   (type "xgboost")  - loaded by xgboost itself, never pickled
+      model.pt                 (type "torch")    - a state_dict, loaded with weights_only=True
+
+``features`` are the input columns in order; ``preprocessing`` (optional) is
+``{"mean": [...], "scale": [...]}`` applied as ``(x - mean) / scale`` before the model;
+``classes`` names the outputs (binary: one score column).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+METADATA = "hepray_model.json"
+FORMAT_VERSION = 1
+
+
+def save_metadata(model_dir: str | os.PathLike, meta: dict) -> Path:
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, **meta}
+    tmp = model_dir / (METADATA + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=_jsonable))
+    os.replace(tmp, model_dir / METADATA)
+    return model_dir / METADATA
+
+
+def load_metadata(path: str | os.PathLike) -> dict:
+    """Metadata of a model folder (or of the folder holding a bare model file)."""
+    p = Path(path)
+    meta_path = p / METADATA if p.is_dir() else p.parent / METADATA
+    if not p.exists():
+        raise ModelLoadError(str(p), "no such file or folder")
+    if not meta_path.exists():
+        if p.is_file() and p.suffix in (".json", ".ubj"):  # a bare xgboost model: no metadata
+            return {"type": "xgboost", "file": p.name}
+        raise ModelLoadError(str(p), f"missing {METADATA}; was it written by hepray?")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(str(meta_path), f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if meta.get("type") not in ("xgboost", "torch"):
+        raise ModelLoadError(str(meta_path), f"unknown model type {meta.get('type')!r}")
+    return meta
+
+
+def model_file(path: str | os.PathLike, meta: dict) -> Path:
+    p = Path(path)
+    return p / meta["file"] if p.is_dir() else p
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,105 @@
+"""Loading a model artifact for prediction, safely (xgboost JSON/UBJ, torch weights_only).
+
+``ModelBundle`` is built on the driver: it reads the model's bytes once, so actors on other nodes
+need no access to the driver's disk, and it pickles small. ``load()`` runs in the actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from .artifact import load_metadata, model_file
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    path: str
+    meta: dict
+    raw: bytes
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelBundle:
+        meta = load_metadata(path)
+        f = model_file(path, meta)
+        try:
+            raw = f.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(str(f), exc.strerror or str(exc)) from None
+        bundle = cls(str(f), meta, raw)
+        bundle.load(1)  # fail on the driver, with the file's name, not later in every actor
+        return bundle
+
+    @property
+    def features(self) -> list[str] | None:
+        return self.meta.get("features")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    def load(self, nthread: int = 1):
+        """Return a callable ``predict(X: float32[n, F]) -> float32[n, K]`` (K=1 for binary)."""
+        kind = self.meta["type"]
+        if kind == "xgboost":
+            return _load_xgboost(self, nthread)
+        if kind == "torch":
+            return _load_torch(self, nthread)
+        raise ModelLoadError(self.path, f"unknown model type {kind!r}")
+
+    def output_names(self, prefix: str = "score") -> list[str]:
+        if len(self.classes) > 2 or self.meta.get("task") == "multiclass":
+            return [f"{prefix}_{c}" for c in self.classes]
+        return [prefix]
+
+
+def _load_xgboost(bundle: ModelBundle, nthread: int):
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(bundle.raw))  # JSON or UBJ, detected from the bytes
+    except xgb.core.XGBoostError as exc:
+        raise ModelLoadError(bundle.path, f"not an xgboost JSON/UBJ model ({str(exc).splitlines()[0][:200]})") from None
+    booster.set_param({"nthread": nthread})
+    n_features = booster.num_features()
+    if bundle.features is not None and n_features not in (0, len(bundle.features)):
+        raise ModelLoadError(bundle.path, f"model expects {n_features} features, metadata lists {len(bundle.features)}")
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        out = booster.inplace_predict(X, validate_features=False)
+        return np.asarray(out, dtype=np.float32).reshape(len(X), -1)
+
+    return predict
+
+
+def _load_torch(bundle: ModelBundle, nthread: int):
+    from ..extras import require
+
+    torch = require("torch")
+    from . import build_model
+
+    torch.set_num_threads(nthread)
+    try:
+        state = torch.load(io.BytesIO(bundle.raw), map_location="cpu", weights_only=True)
+        model = build_model(bundle.meta["architecture"])
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise ModelLoadError(bundle.path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    model.eval()
+    pre = bundle.meta.get("preprocessing") or {}
+    mean = np.asarray(pre.get("mean", 0.0), dtype=np.float32)
+    scale = np.asarray(pre.get("scale", 1.0), dtype=np.float32)
+    multiclass = bundle.meta.get("task") == "multiclass"
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = model(torch.from_numpy((X - mean) / scale))
+            out = torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)
+        return out.numpy().reshape(len(X), -1)
+
+    return predict

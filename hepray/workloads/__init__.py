@@ -1,0 +1,8 @@
+"""Workloads, one module each, registered under the job's ``kind:``."""
+
+# Importing a workload module registers it. Heavy libraries are imported inside the workloads,
+# so listing kinds stays cheap.
+from . import infer  # noqa: E402,F401
+from .registry import REGISTRY, Registry, register
+
+__all__ = ["REGISTRY", "Registry", "register"]

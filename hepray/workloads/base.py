@@ -1,0 +1,53 @@
+"""What a workload is: a Config (pydantic) and a ``run(ctx)``; per-shard work is a ShardProcessor."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..config import JobConfig
+
+if TYPE_CHECKING:
+    from ..data.shard import Shard
+    from ..engine.context import RunContext
+
+
+@dataclasses.dataclass
+class PartData:
+    """What a processor returns for one shard: the columns to write and how many events it read.
+
+    ``columns`` maps names to equal-length numpy or awkward arrays (jagged allowed in ROOT parts).
+    """
+
+    columns: dict[str, Any]
+    n_in: int
+
+
+class ShardProcessor:
+    """Runs inside a Ray actor. Built on the driver, pickled once per actor, then
+    ``setup()`` once per actor (load the model here, not per shard) and ``process()`` per shard.
+    Keep heavy state out of ``__init__`` so the pickle stays small."""
+
+    def setup(self, num_cpus: int) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def process(self, shard: Shard) -> PartData:
+        raise NotImplementedError
+
+
+class Workload:
+    """Subclass, set ``Config``, implement ``run``; register with ``@register("kind")``."""
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[JobConfig]] = JobConfig
+
+    def __init__(self, job: JobConfig):
+        self.job = job
+
+    def columns(self) -> list[str]:
+        """Columns the workload reads beyond ``dataset.branches`` (e.g. a model's features):
+        planning checks they exist and counts their bytes."""
+        return []
+
+    def run(self, ctx: RunContext) -> dict:
+        raise NotImplementedError

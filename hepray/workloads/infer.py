@@ -1,0 +1,71 @@
+"""``kind: infer``: score every event of a dataset with a trained model, one part per shard."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from ..config import DatasetSpec, JobConfig, Spec
+from ..errors import ConfigError
+from ..data.reading import feature_matrix, identity_columns, read_shard
+from ..models.predict import ModelBundle
+from .base import PartData, ShardProcessor, Workload
+from .registry import register
+
+
+class ModelRef(Spec):
+    path: str
+    features: list[str] | None = None  # default: the features stored with the model
+    output: str = "score"
+    batch_size: int = Field(1_000_000, gt=0)
+
+
+class InferConfig(JobConfig):
+    dataset: DatasetSpec
+    model: ModelRef
+    keep: list[str] = []  # input columns copied into the output next to the scores
+
+
+class InferProcessor(ShardProcessor):
+    def __init__(self, bundle: ModelBundle, dataset: DatasetSpec, features: list[str], output: str,
+                 keep: list[str], batch_size: int):
+        self.bundle, self.dataset, self.features = bundle, dataset, features
+        self.output, self.keep, self.batch_size = output, keep, batch_size
+
+    def setup(self, num_cpus: int) -> None:
+        self.predict = self.bundle.load(num_cpus)  # once per actor, threads = CPUs Ray gave it
+
+    def process(self, shard) -> PartData:
+        cols, n_in = read_shard(shard, self.dataset, extra=self.features + self.keep)
+        X = feature_matrix(cols, self.features, shard.file)
+        scores = [self.predict(X[i:i + self.batch_size]) for i in range(0, len(X), self.batch_size)]
+        S = np.concatenate(scores) if scores else np.zeros((0, len(self.bundle.output_names())), np.float32)
+        out = {k: cols[k] for k in identity_columns(cols, self.dataset) + self.keep}
+        for j, name in enumerate(self.bundle.output_names(self.output)):
+            out[name] = S[:, j]
+        return PartData(out, n_in)
+
+
+@register("infer")
+class Infer(Workload):
+    Config = InferConfig
+
+    def features(self, bundle: ModelBundle | None = None) -> list[str]:
+        job = self.job
+        bundle = bundle or ModelBundle.read(job.resolve(job.model.path))
+        features = job.model.features or bundle.features
+        if not features:
+            raise ConfigError(job.source, "model.features", "the model stores no feature list: name them here")
+        return list(features)
+
+    def columns(self) -> list[str]:
+        return self.features() + list(self.job.keep)
+
+    def run(self, ctx) -> dict:
+        job = self.job
+        bundle = ModelBundle.read(job.resolve(job.model.path))
+        features = self.features(bundle)
+        plan = ctx.plan(job.dataset, extra=features + list(job.keep))
+        ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")
+        proc = InferProcessor(bundle, job.dataset, list(features), job.model.output, list(job.keep), job.model.batch_size)
+        return ctx.map_shards(plan, proc)
