@@ -46,6 +46,7 @@ class DatasetSpec(Spec):
     samples: list[SampleSpec] = []
     tree: str = "Events"
     branches: list[str] = []
+    aliases: dict[str, str] = {}  # column name -> branch path, for names like "Info/runNum"
     expressions: dict[str, str] = {}
     cut: str | None = None
     event_id: list[str] | None = None  # default: detected run/lumi/event branches

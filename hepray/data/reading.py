@@ -30,11 +30,12 @@ def needed_branches(spec: DatasetSpec, extra: list[str] | tuple = ()) -> list[st
     """Branches to read: requested ones, those the expressions and cut use, and ``extra``
     (e.g. model features) that are not themselves expressions."""
     exprs, cut = compile_expressions(spec)
-    wanted = list(spec.branches) + list(extra) + list(spec.event_id or [])
+    wanted = list(spec.branches) + list(spec.aliases) + list(extra) + list(spec.event_id or [])
     for e in list(exprs.values()) + ([cut] if cut else []):
         wanted += sorted(e.names)
     out: list[str] = []
     for w in wanted:
+        w = spec.aliases.get(w, w)
         if w not in exprs and w != ENTRY and w not in out:
             out.append(w)
     return out
@@ -73,20 +74,20 @@ def read_shard(shard: Shard, spec: DatasetSpec, extra: list[str] | tuple = ()) -
             if n not in keys:
                 raise BranchNotFound(shard.file, n, sorted(keys), shard=shard.shard_id)
         try:
-            if hasattr(obj, "common_entry_offsets"):  # TTree: read exactly these branches
-                arrays = obj.arrays(filter_name=names, entry_start=shard.entry_start, entry_stop=shard.entry_stop)
-            else:  # RNTuple returns collection parents too; keep what was asked
-                arrays = obj.arrays(names, entry_start=shard.entry_start, entry_stop=shard.entry_stop)
+            arrays = _fetch(obj, names, shard.entry_start, shard.entry_stop)
         except Exception as exc:
             raise DataError(shard.file, f"cannot read entries {shard.entry_start}:{shard.entry_stop} ({_first_line(exc)})",
                             shard=shard.shard_id, hint="the file may be truncated or corrupt; set engine.on_error: skip to continue without it") from None
     finally:
         f.close()
-    n_in = len(arrays)
+    n_in = len(next(iter(arrays.values()))) if arrays else shard.num_entries
     if n_in != shard.num_entries:
         raise DataError(shard.file, f"read {n_in} entries, expected {shard.num_entries}", shard=shard.shard_id,
                         hint="the file changed after planning; re-plan the job")
     cols: dict = {n: arrays[n] for n in names}
+    for alias, branch in spec.aliases.items():
+        if branch in cols:
+            cols[alias] = cols.pop(branch)
     cols[ENTRY] = np.arange(shard.entry_start, shard.entry_stop, dtype=np.int64)
     _evaluate(exprs, cols, shard)
     if cut is not None:
@@ -95,8 +96,24 @@ def read_shard(shard: Shard, spec: DatasetSpec, extra: list[str] | tuple = ()) -
         if mask.ndim != 1 or len(mask) != n_in:
             raise ConfigError("", "dataset.cut", f"{spec.cut!r} must give one boolean per event (reduce jagged values with any()/all())")
         cols = {k: v[mask] for k, v in cols.items()}
-    keep = set(spec.branches) | set(exprs) | set(extra) | set(id_branches) | {ENTRY}
+    keep = set(spec.branches) | set(spec.aliases) | set(exprs) | set(extra) | set(id_branches) | {ENTRY}
     return {k: _to_column(v) for k, v in cols.items() if k in keep}, n_in
+
+
+def _fetch(obj, names: list[str], start: int, stop: int) -> dict:
+    """Branches by full path -> arrays. One ``arrays()`` call (so remote reads are coalesced);
+    uproot names its fields by the last path component, which we map back to the full path."""
+    if not names:
+        return {}
+    if not hasattr(obj, "common_entry_offsets"):  # RNTuple returns collection parents too
+        arrays = obj.arrays(names, entry_start=start, entry_stop=stop)
+        return {n: arrays[n] for n in names}
+    leaf = {n: obj[n].name for n in names}
+    if len(set(leaf.values())) < len(leaf):  # two branches share a leaf name: read one by one
+        return {n: obj[n].array(entry_start=start, entry_stop=stop) for n in names}
+    arrays = obj.arrays(filter_name=names, entry_start=start, entry_stop=stop, how=dict)
+    # a field uproot renamed (e.g. "ArrayF32[10]" -> "ArrayF32") is read on its own
+    return {n: arrays[leaf[n]] if leaf[n] in arrays else obj[n].array(entry_start=start, entry_stop=stop) for n in names}
 
 
 def _evaluate(exprs: dict[str, Expression], cols: dict, shard: Shard):

@@ -45,9 +45,15 @@ def write_root(path: Path, columns: dict, tree: str, compression: str) -> None:
     with uproot.recreate(path, compression=_compression(compression)) as f:
         if not branches:
             return
-        f.mktree(tree, {k: (v.dtype if isinstance(v, np.ndarray) else v.type.content) for k, v in branches.items()})
+        f.mktree(tree, {k: _branch_type(v) for k, v in branches.items()})
         if len(next(iter(branches.values()))):
             f[tree].extend(branches)
+
+
+def _branch_type(v):
+    if isinstance(v, np.ndarray):  # fixed-size arrays per event keep their shape
+        return np.dtype((v.dtype, v.shape[1:])) if v.ndim > 1 else v.dtype
+    return v.type.content
 
 
 def write_parquet(path: Path, columns: dict, compression: str) -> None:

@@ -2,7 +2,8 @@
 
 # Importing a workload module registers it. Heavy libraries are imported inside the workloads,
 # so listing kinds stays cheap.
-from . import infer  # noqa: E402,F401
+from . import infer, skim  # noqa: E402,F401
+from . import generate  # noqa: E402,F401
 from .registry import REGISTRY, Registry, register
 
 __all__ = ["REGISTRY", "Registry", "register"]

@@ -48,6 +48,8 @@ class InferProcessor(ShardProcessor):
 
 @register("infer")
 class Infer(Workload):
+    """Score every event with a trained model (xgboost or torch), one part per shard."""
+
     Config = InferConfig
 
     def features(self, bundle: ModelBundle | None = None) -> list[str]:
