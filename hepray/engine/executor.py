@@ -76,8 +76,9 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir: Path, *, fmt: str,
         num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=max_retries,
         runtime_env={"env_vars": {v: threads for v in THREAD_VARS}},
     )
-    proc_ref = ray.put(processor)
-    actors = [Actor.remote(proc_ref, str(parts_dir), fmt, tree, compression, cpus_per_worker) for _ in range(workers)]
+    # the processor travels inline with each actor's constructor (it holds only config and model
+    # bytes), so a restarted actor can always rebuild it
+    actors = [Actor.remote(processor, str(parts_dir), fmt, tree, compression, cpus_per_worker) for _ in range(workers)]
     per_actor = 1 + (in_flight if in_flight is not None else 1)
     load = [0] * workers
     pending: dict = {}  # ref -> (actor index, shard)

@@ -2,7 +2,7 @@
 
 # Importing a workload module registers it. Heavy libraries are imported inside the workloads,
 # so listing kinds stays cheap.
-from . import infer, skim  # noqa: E402,F401
+from . import infer, skim, train_bdt  # noqa: E402,F401
 from . import generate  # noqa: E402,F401
 from .registry import REGISTRY, Registry, register
 

@@ -1,0 +1,85 @@
+"""Plots every workload writes (matplotlib, Agg): people would rather look at a ROC than read one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "ROC") -> Path:
+    """``curves``: label -> (signal efficiency, background efficiency). Log-scale rejection plot."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for label, (tpr, fpr) in curves.items():
+        ok = fpr > 0
+        ax.plot(tpr[ok], 1.0 / fpr[ok], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("signal efficiency")
+    ax.set_ylabel("background rejection 1/$\\varepsilon_B$")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def score_distributions(groups: dict[str, np.ndarray], path, title: str = "score", bins: int = 40,
+                        dashed: dict[str, np.ndarray] | None = None, xlabel: str = "score") -> Path:
+    """Normalised histograms per group; ``dashed`` ones overlaid as points (e.g. test vs train)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    lo = min(float(np.min(v)) for v in groups.values() if len(v))
+    hi = max(float(np.max(v)) for v in groups.values() if len(v))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    for label, v in groups.items():
+        ax.hist(v, bins=edges, density=True, histtype="step", lw=1.5, label=label)
+    for label, v in (dashed or {}).items():
+        h, _ = np.histogram(v, bins=edges, density=True)
+        ax.plot(0.5 * (edges[1:] + edges[:-1]), h, ".", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("normalised")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bar_ranking(values: dict[str, float], path, title: str, xlabel: str) -> Path:
+    plt = _plt()
+    items = sorted(values.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(items) + 1.5))
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def band(x: np.ndarray, center: np.ndarray, lo: np.ndarray, hi: np.ndarray, path, xlabel: str, ylabel: str,
+         title: str, label: str = "mean", band_label: str = "±1σ") -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot(x, center, "o-", label=label)
+    ax.fill_between(x, lo, hi, alpha=0.3, label=band_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
