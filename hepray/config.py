@@ -105,17 +105,16 @@ class JobConfig(Spec):
     output: OutputSpec = OutputSpec()
     engine: EngineSpec = EngineSpec()
 
-    # where the job came from; relative paths in the job resolve against its folder
+    # the job file, for error messages
     source: str = Field("", exclude=True)
 
     def run_dir(self) -> Path:
         return Path(self.output.dir or os.path.join("runs", self.name))
 
     def resolve(self, path: str) -> str:
-        """A path in the job, relative to the job file's folder unless absolute or a URL."""
-        if "://" in path or os.path.isabs(path) or not self.source:
-            return path
-        return os.path.join(os.path.dirname(self.source), path)
+        """A path in the job: ``~`` expanded; relative paths stay relative to the working
+        directory (as with every command-line tool), URLs untouched."""
+        return path if "://" in path else os.path.expanduser(path)
 
 
 def _format_loc(loc) -> str:

@@ -9,6 +9,7 @@ from .errors import MissingDependency
 _EXTRA = {
     "torch": "torch",
     "pythia8": "generate",
+    "pythia8mc": "generate",
     "fastjet": "generate",
     "hls4ml": "fpga",
     "conifer": "fpga",

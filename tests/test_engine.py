@@ -45,7 +45,7 @@ def test_shards_align_to_clusters_and_ids_are_stable(toy):
     p1 = hepray.plan({"kind": "infer", "dataset": {"files": toy["files"], "shard_events": 7000},
                       "model": {"path": toy["model"]}})
     p2 = hepray.plan({"kind": "infer", "dataset": {"files": list(reversed(toy["files"])), "shard_events": 7000},
-                      "model": {"path": toy["model"]}})
+                      "model": {"path": toy["model"]}})  # another order: the same ids
     # clusters are 5000 entries: a 7000 target gives 10000-entry shards that never split a cluster
     assert {s.num_entries for s in p1["shards"]} == {10_000}
     assert all(s.entry_start % 5000 == 0 for s in p1["shards"])

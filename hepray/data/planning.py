@@ -32,10 +32,11 @@ def cluster_offsets(obj) -> list[int]:
 
 
 def file_identity(f, path: str) -> str:
-    """ROOT files carry a UUID in their header: the same bytes keep their shard ids wherever they
-    are copied. Falls back to the path where no UUID can be read."""
-    uuid = getattr(f.file, "uuid", None)
-    return str(uuid) if uuid else hashlib.sha1(path.encode()).hexdigest()
+    """Path + the UUID ROOT writes in every file header: a file replaced at the same path gets new
+    shard ids (stale parts are never mistaken for its own), and two copies of one file in a
+    dataset stay two files (the UUID alone would merge their parts)."""
+    uuid = getattr(f.file, "uuid", None) or ""
+    return hashlib.sha1(f"{path}|{uuid}".encode()).hexdigest()[:20]
 
 
 def _compressed_bytes_per_entry(obj, branches: list[str], file_bytes: int) -> float:

@@ -13,8 +13,8 @@ class Shard:
 
     ``shard_id`` is a pure function of (file identity, tree, entry range, seed): re-planning the
     same data gives the same ids, so a retried or resumed shard overwrites, never duplicates.
-    ``file_id`` is the file's identity (ROOT's UUID where present), so a renamed copy of a file
-    keeps its shards and a replaced file gets new ones.
+    ``file_id`` is the file's identity (its path and ROOT's UUID), so a file replaced at the same
+    path gets new shard ids.
     """
 
     file: str | None

@@ -19,11 +19,12 @@ def auc(y, s, w=None) -> float:
     return float(roc_auc_score(y, s, sample_weight=w))
 
 
-def rejection_at(y, s, w=None, eff: float = 0.3) -> float:
-    """Background rejection 1/eps_B at signal efficiency ``eff`` (interpolated on the ROC)."""
+def rejection_at(y, s, w=None, eff: float = 0.3) -> float | None:
+    """Background rejection 1/eps_B at signal efficiency ``eff`` (interpolated on the ROC);
+    None when no background event passes (too few events to measure it)."""
     tpr, fpr, _ = roc(y, s, w)
     eps_b = float(np.interp(eff, tpr, fpr))
-    return float("inf") if eps_b <= 0 else 1.0 / eps_b
+    return None if eps_b <= 0 else 1.0 / eps_b
 
 
 def ks(a, b) -> dict:
