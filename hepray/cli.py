@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, workers=args.workers, steps=args.steps)
+    run_demo(workers=args.workers, steps=args.steps)
     return 0
 
 
@@ -85,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="list every shard")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("demo", help="generate samples and run every workload, small and fast")
-    p.add_argument("--out", default="runs/demo")
     p.add_argument("--workers", type=int)
     p.add_argument("--steps", nargs="*", help="only these steps")
     p.set_defaults(fn=cmd_demo)

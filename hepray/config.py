@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -99,6 +99,8 @@ class EngineSpec(Spec):
 class JobConfig(Spec):
     """Fields every job has. Workloads subclass this with their own blocks."""
 
+    default_tree: ClassVar[str] = "hepray"  # output tree name unless the job sets output.tree
+
     kind: str
     name: str = "job"
     seed: int = 12345
@@ -107,6 +109,16 @@ class JobConfig(Spec):
 
     # the job file, for error messages
     source: str = Field("", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tree(cls, data):
+        """A workload's default tree survives a job that sets other output fields."""
+        if isinstance(data, dict):
+            out = data.get("output")
+            if out is None or (isinstance(out, dict) and "tree" not in out):
+                data = {**data, "output": {**(out or {}), "tree": cls.default_tree}}
+        return data
 
     def run_dir(self) -> Path:
         return Path(self.output.dir or os.path.join("runs", self.name))

@@ -1,7 +1,8 @@
 """``hepray demo``: every workload, small and fast, chained on locally generated data.
 
-Each step is an ordinary job run through :func:`hepray.run`; later steps read earlier outputs.
-Every workload added to hepray adds its step here, so one command shows all of it.
+Each step is an ordinary job file from ``jobs/`` run through :func:`hepray.run`, so the demo
+shows exactly what a user would run by hand; later steps read earlier outputs under
+``runs/demo/``. Every workload added to hepray adds its step here.
 """
 
 from __future__ import annotations
@@ -12,51 +13,38 @@ import time
 from pathlib import Path
 
 from .api import run
+from .errors import ConfigError
+
+# (step, job file, overrides). Order matters: later jobs read earlier outputs.
+STEPS: list[tuple[str, str, dict]] = [
+    ("generate", "jobs/generate.yaml", {"output.dir": "runs/demo/generate"}),
+    ("train_bdt", "jobs/train_bdt.yaml", {}),
+    ("infer_bdt", "jobs/infer_bdt.yaml", {}),
+]
+
+SHOW = ("events_in", "events_out", "shards", "auc", "rejection_at_30", "accuracy", "mode")
 
 
-def _sample(out: Path, workers):
-    """A toy ROOT sample (2 files x 100k events) written with uproot."""
-    from .testing import write_toy_root
-
-    d = out / "toy"
-    for i in range(2):
-        write_toy_root(d / f"toy_{i}.root", 100_000, seed=i, basket=25_000)
-    return {"files": 2, "events": 200_000, "dir": str(d)}
-
-
-def _fit(out: Path, workers):
-    from .testing import fit_toy_xgboost
-
-    fit_toy_xgboost(out / "toy_model", sorted(str(p) for p in (out / "toy").glob("*.root")), rounds=50, depth=4)
-    return {"model": str(out / "toy_model")}
-
-
-def _infer(out: Path, workers):
-    return run({"kind": "infer", "name": "infer_bdt",
-                "dataset": {"files": str(out / "toy" / "*.root"), "shard_events": 50_000},
-                "model": {"path": str(out / "toy_model")}, "output": {"dir": str(out / "infer_bdt")}},
-               overwrite=True, workers=workers)
-
-
-STEPS = [("sample", _sample), ("fit", _fit), ("infer_bdt", _infer)]
-
-
-def run_demo(out: str | Path = "runs/demo", workers: int | None = None, steps: list[str] | None = None) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_demo(workers: int | None = None, steps: list[str] | None = None, root: str | Path = ".") -> dict:
+    root = Path(root)
+    if not (root / "jobs").is_dir():
+        raise ConfigError("", "", "run `hepray demo` from the repository root (its jobs/ folder holds the demo's job files)")
     results = {}
-    for name, fn in STEPS:
+    t_all = time.perf_counter()
+    for name, job, overrides in STEPS:
         if steps and name not in steps:
             continue
-        print(f"\n=== hepray demo: {name} ===", file=sys.stderr, flush=True)
+        print(f"\n=== hepray demo: {name} ({job}) ===", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        res = fn(out, workers)
-        results[name] = {"seconds": round(time.perf_counter() - t0, 2),
-                         **{k: v for k, v in (res or {}).items() if k != "results"}}
+        summary = run(str(root / job), overwrite=True, workers=workers, overrides=overrides)
+        results[name] = {"seconds": round(time.perf_counter() - t0, 1), "run_dir": summary.get("run_dir"),
+                         **{k: summary[k] for k in SHOW if k in summary}}
+    out = Path("runs/demo")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "demo_summary.json").write_text(json.dumps(results, indent=1, default=str))
-    print("\n=== hepray demo: summary ===", file=sys.stderr)
+    print(f"\n=== hepray demo: {len(results)} steps in {time.perf_counter() - t_all:.0f}s ===", file=sys.stderr)
     for name, r in results.items():
-        brief = {k: r[k] for k in ("events_in", "events_out", "auc", "shards") if k in r}
-        print(f"  {name:14s} {r['seconds']:7.1f}s  {brief}", file=sys.stderr)
-    print(f"outputs and plots under {out}/", file=sys.stderr)
+        brief = ", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in SHOW if k in r)
+        print(f"  {name:16s} {r['seconds']:6.1f}s  {brief}  -> {r['run_dir']}", file=sys.stderr)
+    print("plots: runs/demo/*/plots/*.png", file=sys.stderr)
     return results

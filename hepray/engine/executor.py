@@ -26,6 +26,10 @@ class ShardWorker:
     """Actor body. Restarted by Ray if its process dies; setup then runs again, lazily."""
 
     def __init__(self, processor, parts_dir: str, fmt: str, tree: str, compression: str, num_cpus: float):
+        # Before any math library starts its thread pool in this process. Set here rather than in a
+        # runtime_env, which would make Ray spawn fresh worker processes instead of reusing idle ones.
+        for var in THREAD_VARS:
+            os.environ[var] = str(max(1, int(num_cpus)))
         self.processor, self.parts_dir = processor, Path(parts_dir)
         self.fmt, self.tree, self.compression = fmt, tree, compression
         self.num_cpus = max(1, int(num_cpus))
@@ -71,11 +75,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir: Path, *, fmt: str,
 
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    threads = str(max(1, int(cpus_per_worker)))
-    Actor = ray.remote(ShardWorker).options(
-        num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=max_retries,
-        runtime_env={"env_vars": {v: threads for v in THREAD_VARS}},
-    )
+    Actor = ray.remote(ShardWorker).options(num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=max_retries)
     # the processor travels inline with each actor's constructor (it holds only config and model
     # bytes), so a restarted actor can always rebuild it
     actors = [Actor.remote(processor, str(parts_dir), fmt, tree, compression, cpus_per_worker) for _ in range(workers)]

@@ -8,11 +8,11 @@ many events that takes: shard ``k`` of a process numbers its events from ``k * e
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config import JobConfig, OutputSpec, Spec
+from ..config import JobConfig, Spec
 
 # Stable integer codes written in the ``process`` branch (a ROOT file holds no enum); new kinds
 # get new codes, existing ones never change.
@@ -149,21 +149,14 @@ FaultSpec = Annotated[DeadRegion | Miscalibration | NoisyChannel, Field(discrimi
 class GenerateConfig(JobConfig):
     """Pythia 8 + FastJet + a parametric detector, sharded by seed, written as ROOT parts."""
 
-    output: OutputSpec = OutputSpec(tree="jets")
+    default_tree: ClassVar[str] = "jets"
+
     processes: list[ProcessSpec] = Field(min_length=1)
     generator: GeneratorSpec = GeneratorSpec()
     jets: JetSpec = JetSpec()
     detector: str | dict = "default"  # "default", a YAML path (relative to the job) or an inline mapping
     faults: list[FaultSpec] = []
     plots: bool = True  # write PNG sanity plots into <run_dir>/plots
-
-    @model_validator(mode="before")
-    @classmethod
-    def _jets_tree(cls, data):
-        """The tree is ``jets`` unless the job names one, also when it sets other output fields."""
-        if isinstance(data, dict) and isinstance(data.get("output"), dict) and "tree" not in data["output"]:
-            data = {**data, "output": {**data["output"], "tree": "jets"}}
-        return data
 
     @model_validator(mode="after")
     def _unique(self):
