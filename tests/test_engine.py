@@ -151,3 +151,17 @@ def test_model_that_is_not_xgboost_is_refused(toy, tmp_path):
     job = infer_job(toy, tmp_path / "r", model={"path": str(bad)})
     with pytest.raises(hepray.errors.ModelLoadError, match="model.json: cannot load model"):
         hepray.run(job, quiet=True)
+
+
+def test_many_files_planned_by_ray_tasks_match_driver_planning(ray_session, toy, tmp_path):
+    from hepray.config import DatasetSpec
+    from hepray.data.planning import iter_plan
+
+    for i in range(40):  # 40 names for the two toy files: above the parallel-planning threshold
+        (tmp_path / f"f{i:02d}.root").symlink_to(toy["files"][i % 2])
+    spec = DatasetSpec(files=[f"file://{tmp_path}/f*.root"], shard_events=10_000)
+    par = list(iter_plan(spec, use_ray=True))
+    seq = list(iter_plan(spec, use_ray=False))
+    assert [s.shard_id for s in par] == [s.shard_id for s in seq]
+    assert len(par) == 80 and len({s.shard_id for s in par}) == 80  # copies of one file stay distinct
+    assert sum(s.num_entries for s in par) == 40 * 20_000
