@@ -55,7 +55,9 @@ def write_flat(path: Path, n: int, n_branches: int = 16, seed: int = 0, basket: 
             m = min(basket, n - start)
             y = rng.integers(0, 2, m)
             cols = {f"x{i}": (rng.normal(size=m) + 0.3 * y * (i % 3)).astype(np.float32) for i in range(n_branches)}
-            cols.update(label=y.astype(np.int32), run=np.ones(m, np.int32), event=np.arange(start, start + m, dtype=np.int64))
+            cols.update(label=y.astype(np.int32), run=np.ones(m, np.int32),
+                        luminosityBlock=((start + np.arange(m)) // 1000).astype(np.int32),
+                        event=np.arange(start, start + m, dtype=np.int64))
             if start == 0:
                 f.mktree("Events", {k: v.dtype for k, v in cols.items()})
             f["Events"].extend(cols)

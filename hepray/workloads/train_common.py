@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config import DatasetSpec, JobConfig, Spec
+from ..data.columns import LABEL, SAMPLE, WEIGHT
 from ..data.loading import SPLIT, load_columns
 
 
@@ -40,6 +41,23 @@ class TrainJob(JobConfig):
     task: Literal["auto", "binary", "multiclass"] = "auto"
 
 
+def split_masks(u: np.ndarray, split: SplitSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) masks from the per-event split value ``hepray_u`` in [0, 1):
+    test is ``u < test``, validation the next ``validation`` fraction, training the rest."""
+    test = u < split.test
+    val = (u >= split.test) & (u < split.test + split.validation)
+    return ~(test | val), val, test
+
+
+def balance_factors(class_weight_sums: np.ndarray, n_train: int) -> np.ndarray:
+    """Per-class weight factors that give every class the same total training weight
+    (``n_train / n_classes`` each); a class without training weight keeps factor 1.
+    Shared by in-memory training (:class:`Data`) and streaming training (one pass of sums)."""
+    sums = np.asarray(class_weight_sums, dtype=np.float64)
+    safe = np.where(sums > 0, sums, 1.0)
+    return np.where(sums > 0, n_train / (len(sums) * safe), 1.0)
+
+
 class Data:
     """Training data in memory: features X, labels y, weights w, split masks, extra columns."""
 
@@ -47,32 +65,26 @@ class Data:
         self.cols = cols
         self.samples: list[str] = cols.pop("__samples__")
         self.X = np.column_stack([np.asarray(cols[f], dtype=np.float32) for f in job.features])
-        y = np.asarray(cols[job.label] if job.label else cols["label"])
+        y = np.asarray(cols[job.label] if job.label else cols[LABEL])
         if (y < 0).any():
             from ..errors import ConfigError
 
             raise ConfigError(job.source, "dataset.samples", "every sample needs a `label:` (or set `label:` to a branch)")
         self.y = y.astype(np.int64)
-        w = np.asarray(cols["weight"], dtype=np.float64)
+        w = np.asarray(cols[WEIGHT], dtype=np.float64)
         if job.weights.event:
             w = w * np.asarray(cols[job.weights.event], dtype=np.float64)
         self.raw_weight = w
-        u = cols[SPLIT]
-        self.test = u < job.split.test
-        self.val = (u >= job.split.test) & (u < job.split.test + job.split.validation)
-        self.train = ~(self.test | self.val)
+        self.train, self.val, self.test = split_masks(cols[SPLIT], job.split)
         self.n_classes = int(self.y.max()) + 1
         self.w = self.raw_weight.copy()
         if job.weights.balance_classes:  # equal total weight per class, from the training part
-            for c in range(self.n_classes):
-                sel = self.y == c
-                tot = self.raw_weight[sel & self.train].sum()
-                if tot > 0:
-                    self.w[sel] *= self.train.sum() / (self.n_classes * tot)
+            sums = np.bincount(self.y[self.train], self.raw_weight[self.train], minlength=self.n_classes)
+            self.w *= balance_factors(sums, int(self.train.sum()))[self.y]
 
     @property
     def sample(self) -> np.ndarray:
-        return np.asarray(self.cols["sample"])
+        return np.asarray(self.cols[SAMPLE])
 
     def fingerprint(self, shard_ids: list[str]) -> str:
         return hashlib.sha1("|".join(sorted(shard_ids)).encode()).hexdigest()

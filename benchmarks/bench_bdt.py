@@ -1,0 +1,95 @@
+"""BDT training: `hepray run` (kind: train_bdt, direct path) vs a plain xgboost script on the same
+data loaded in memory, side by side at ~1M events: wall time, peak memory, AUC (same rows, same
+parameters, same split). Each side runs in its own subprocess so peak RSS is its own.
+
+    python benchmarks/bench_bdt.py [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_flat
+
+PARAMS = {"max_depth": 6, "eta": 0.1}
+ROUNDS = 200
+FEATURES = [f"x{i}" for i in range(16)]
+
+PLAIN = r'''
+import json, resource, sys, time
+import numpy as np, uproot, xgboost as xgb
+from sklearn.metrics import roc_auc_score
+from hepray.data.loading import _splitmix64   # the same split rule, so both train on the same rows
+t0 = time.perf_counter()
+files, feats, params, rounds = json.loads(sys.argv[1])
+a = uproot.concatenate([f + ":Events" for f in files], feats + ["label", "run", "luminosityBlock", "event"], library="np")
+X = np.column_stack([a[f] for f in feats]); y = a["label"]
+h = np.full(len(y), int(__import__("hashlib").sha1(b"data").hexdigest()[:15], 16), dtype=np.uint64)
+for k in ("run", "luminosityBlock", "event"):
+    h = _splitmix64(h ^ a[k].astype(np.int64).view(np.uint64))
+u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+test, val = u < 0.2, (u >= 0.2) & (u < 0.4); train = ~(test | val)
+p = {"tree_method": "hist", "objective": "binary:logistic", "eval_metric": "logloss", "seed": 12345, **params}
+dtr = xgb.QuantileDMatrix(X[train], y[train]); dva = xgb.QuantileDMatrix(X[val], y[val], ref=dtr)
+b = xgb.train(p, dtr, rounds, evals=[(dva, "v")], early_stopping_rounds=20, verbose_eval=False)
+b = b[: b.best_iteration + 1]
+auc = roc_auc_score(y[test], b.inplace_predict(X[test]))
+print(json.dumps({"seconds": time.perf_counter() - t0, "auc": auc, "trees": b.num_boosted_rounds(),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+HEPRAY = r'''
+import json, resource, sys, time
+import hepray
+t0 = time.perf_counter()
+files, feats, params, rounds, out = json.loads(sys.argv[1])
+s = hepray.run({"kind": "train_bdt", "name": "bench_bdt", "output": {"dir": out},
+                "dataset": {"files": files, "shard_events": 250000},
+                "features": feats, "label": "label", "rounds": rounds, "params": params, "mode": "direct",
+                "weights": {"balance_classes": False}, "shap_events": 0}, overwrite=True, quiet=True)
+print(json.dumps({"seconds": time.perf_counter() - t0, "auc": s["auc"], "trees": s["trees"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def side(code: str, arg) -> dict:
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(arg)], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--dir", default=None)
+    args = ap.parse_args()
+    d = Path(args.dir or tempfile.mkdtemp(prefix="hepray_bench_bdt_"))
+    files = []
+    for i in range(4):
+        p = d / f"flat_{i}.root"
+        if not p.exists():
+            write_flat(p, args.events // 4, seed=100 + i)
+        files.append(str(p))
+    plain = side(PLAIN, [files, FEATURES, PARAMS, ROUNDS])
+    hep = side(HEPRAY, [files, FEATURES, PARAMS, ROUNDS, str(d / "run")])
+    res = {"events": args.events, "plain": plain, "hepray": hep,
+           "time_ratio_hepray_over_plain": round(hep["seconds"] / plain["seconds"], 3),
+           "memory_ratio_hepray_over_plain": round(hep["peak_rss_mb"] / plain["peak_rss_mb"], 3),
+           "auc_difference": round(hep["auc"] - plain["auc"], 5)}
+    print(json.dumps(res, indent=1))
+    print(f"\ntrain_bdt {hep['seconds']:.1f}s / {hep['peak_rss_mb']:.0f} MB driver vs plain {plain['seconds']:.1f}s / "
+          f"{plain['peak_rss_mb']:.0f} MB: time x{res['time_ratio_hepray_over_plain']:.2f}, memory "
+          f"x{res['memory_ratio_hepray_over_plain']:.2f}, AUC {hep['auc']:.4f} vs {plain['auc']:.4f}")
+    Path("benchmarks/results").mkdir(exist_ok=True)
+    Path("benchmarks/results/bdt.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
