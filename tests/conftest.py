@@ -42,5 +42,8 @@ def infer_job(toy, out, **extra) -> dict:
         "engine": {"workers": 2, "progress_every_s": 60},
     }
     for k, v in extra.items():
-        job.setdefault(k, {}).update(v) if isinstance(v, dict) else job.__setitem__(k, v)
+        if isinstance(v, dict):
+            job.setdefault(k, {}).update(v)
+        else:
+            job[k] = v
     return job

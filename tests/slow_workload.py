@@ -1,0 +1,59 @@
+"""An infer workload slowed down per shard, in its own registry, so fault tests can strike mid-run.
+Importable by a subprocess driver (``python -m tests.slow_workload job.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from hepray.workloads import Registry
+from hepray.workloads.infer import Infer, InferConfig, InferProcessor
+
+REGISTRY = Registry()
+
+
+class SlowConfig(InferConfig):
+    delay_s: float = 0.5
+    pid_dir: str = ""
+
+
+class SlowProcessor(InferProcessor):
+    def __init__(self, *a, delay_s: float, pid_dir: str):
+        super().__init__(*a)
+        self.delay_s, self.pid_dir = delay_s, pid_dir
+
+    def setup(self, num_cpus):
+        super().setup(num_cpus)
+        if self.pid_dir:
+            Path(self.pid_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.pid_dir) / str(os.getpid())).touch()
+
+    def process(self, shard):
+        time.sleep(self.delay_s)
+        return super().process(shard)
+
+
+@REGISTRY.register("slow_infer")
+class SlowInfer(Infer):
+    Config = SlowConfig
+
+    def run(self, ctx):
+        import hepray.workloads.infer as infer_mod
+
+        job = self.job
+        original = infer_mod.InferProcessor
+        infer_mod.InferProcessor = lambda *a: SlowProcessor(*a, delay_s=job.delay_s, pid_dir=job.pid_dir)
+        try:
+            return super().run(ctx)
+        finally:
+            infer_mod.InferProcessor = original
+
+
+if __name__ == "__main__":
+    import hepray
+
+    job = json.loads(Path(sys.argv[1]).read_text())
+    hepray.run(job, registry=REGISTRY, resume="--resume" in sys.argv, quiet=True)
