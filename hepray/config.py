@@ -144,7 +144,8 @@ def validate(config_cls: type[JobConfig], data: dict, where: str = "") -> JobCon
     try:
         cfg = config_cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # a misspelt key explains the "missing" error it causes: report it first
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         loc = _format_loc([p for p in err["loc"] if p not in ("function-after[_files_or_samples(), DatasetSpec]",)])
         msg = err["msg"].removeprefix("Value error, ")
         nested = (err.get("ctx") or {}).get("error")

@@ -90,6 +90,8 @@ class Expression:
             if not isinstance(node.value, (int, float, bool)):
                 self._refuse(node, f"constant {node.value!r}")
         elif isinstance(node, ast.Name):
+            if node.id.startswith("__"):
+                self._refuse(node, f"the name {node.id!r}")
             if node.id not in CONSTANTS:
                 self.names.add(node.id)
         elif isinstance(node, ast.BinOp):
