@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import PeakRSS, timed, write_flat
 
 
@@ -54,7 +53,7 @@ def main():
 
     # stage costs, one thread each
     def read_only():
-        for arrs in uproot.iterate([f"{f}:Events" for f in files], feats, step_size=500_000, library="np"):
+        for _arrs in uproot.iterate([f"{f}:Events" for f in files], feats, step_size=500_000, library="np"):
             pass
     _, t_read = timed(read_only)
     bst1 = xgb.Booster(model_file=str(mdir / "model.ubj"))

@@ -75,7 +75,7 @@ def test_external_memory_matches_direct(direct, tmp_path):
 
 
 def test_multiclass_top_w_qcd(ray_session, tmp_path):
-    s = hepray.run(bdt_job(tmp_path, samples=(("qcd", 0), ("wqq", 1), ("ttbar", 2))), quiet=True)
+    hepray.run(bdt_job(tmp_path, samples=(("qcd", 0), ("wqq", 1), ("ttbar", 2))), quiet=True)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["classes"] == ["qcd", "wqq", "ttbar"]
     assert m["accuracy"] > 0.7 and min(m["auc_per_class"].values()) > 0.85

@@ -5,7 +5,6 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-
 # per-event columns added from the shard's sample; prefixed so they never shadow a user branch
 # (generated samples have a `label` branch of their own)
 SAMPLE, LABEL, WEIGHT = "hepray_sample", "hepray_label", "hepray_weight"

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from ..config import DatasetSpec, JobConfig
 from ..data.planning import iter_plan
 from ..data.shard import Shard
 from ..errors import HeprayError, JobFailed
-from ..io.parts import COMMITTED, write_json_atomic
+from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, remove_tree, write_json_atomic
 from . import executor
 from .runtime import cluster_cpus, ensure_ray
 
@@ -21,11 +19,11 @@ from .runtime import cluster_cpus, ensure_ray
 class Plan:
     """A plan streamed to ``plan.jsonl``: iterating re-reads the file, so memory stays flat."""
 
-    def __init__(self, path: Path, shards: int, events: int, nbytes: int, files: int, skipped: list[dict]):
+    def __init__(self, path: AnyPath, shards: int, events: int, nbytes: int, files: int, skipped: list[dict]):
         self.path, self.shards, self.events, self.nbytes, self.files, self.skipped = path, shards, events, nbytes, files, skipped
 
     def __iter__(self) -> Iterator[Shard]:
-        with open(self.path) as f:
+        with self.path.open() as f:
             for line in f:
                 yield Shard.from_dict(json.loads(line))
 
@@ -38,7 +36,8 @@ class RunContext:
     def __init__(self, job: JobConfig, *, resume: bool = False, workers: int | None = None,
                  address: str | None = None, quiet: bool = False):
         self.job, self.resume, self.address, self.quiet = job, resume, address, quiet
-        self.run_dir = job.run_dir()
+        # a local Path, or a StorePath for s3://, gs://, root://... (job.run_dir() is Path-only)
+        self.run_dir = as_path(job.output.dir) if job.output.dir else job.run_dir()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._workers = workers or job.engine.workers
         self.summaries: dict[str, dict] = {}
@@ -48,7 +47,7 @@ class RunContext:
         if not self.quiet:
             print(f"[hepray {self.job.name}] {msg}", file=sys.stderr, flush=True)
 
-    def write_json(self, relpath: str, obj) -> Path:
+    def write_json(self, relpath: str, obj) -> AnyPath:
         path = self.run_dir / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, obj)
@@ -65,11 +64,10 @@ class RunContext:
     def plan(self, dataset: DatasetSpec, name: str = "plan", extra: list[str] | tuple = ()) -> Plan:
         """Plan ``dataset`` into ``<run_dir>/<name>.jsonl`` (shards aligned to clusters)."""
         path = self.run_dir / f"{name}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
         shards = events = nbytes = 0
         files: set[str] = set()
         skipped: list[dict] = []
-        with open(tmp, "w") as f:
+        with atomic_writer(path) as f:
             for s in iter_plan(dataset, self.job.resolve, self.job.engine.on_error, extra=extra):
                 if isinstance(s, dict):
                     skipped.append(s)
@@ -80,7 +78,6 @@ class RunContext:
                 events += s.num_entries
                 nbytes += s.nbytes
                 files.add(s.file)
-        tmp.replace(path)
         return Plan(path, shards, events, nbytes, len(files), skipped)
 
     # -- execution ---------------------------------------------------------------------------
@@ -125,7 +122,7 @@ class RunContext:
             self.log(f"{len(failed)} shards skipped (engine.on_error: skip), listed in {parts_dir / '_manifest.json'}")
         return summary
 
-    def _guard_existing(self, parts_dir: Path):
+    def _guard_existing(self, parts_dir: AnyPath):
         marker_dir = parts_dir / COMMITTED
         if self.resume or not marker_dir.exists():
             return
@@ -136,7 +133,6 @@ class RunContext:
 
     def clear(self):
         """--overwrite: remove previous outputs of this job."""
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True)
+        remove_tree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
 

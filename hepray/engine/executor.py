@@ -12,11 +12,10 @@ import os
 import time
 import traceback
 from collections.abc import Iterable
-from pathlib import Path
 
 from ..data.shard import Shard
 from ..errors import HeprayError
-from ..io.parts import committed, write_part
+from ..io.parts import as_path, committed, write_part
 from .progress import Progress
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_MAX_THREADS")
@@ -30,7 +29,7 @@ class ShardWorker:
         # runtime_env, which would make Ray spawn fresh worker processes instead of reusing idle ones.
         for var in THREAD_VARS:
             os.environ[var] = str(max(1, int(num_cpus)))
-        self.processor, self.parts_dir = processor, Path(parts_dir)
+        self.processor, self.parts_dir = processor, as_path(parts_dir)
         self.fmt, self.tree, self.compression = fmt, tree, compression
         self.num_cpus = max(1, int(num_cpus))
         self.ready = False
@@ -62,7 +61,7 @@ class ShardWorker:
                     "traceback": tb, "n_out": 0}
 
 
-def map_shards(shards: Iterable[Shard], processor, parts_dir: Path, *, fmt: str, tree: str, compression: str,
+def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree: str, compression: str,
                workers: int, cpus_per_worker: float = 1.0, in_flight: int | None = None, max_retries: int = 2,
                resume: bool = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
                label: str = "run") -> dict:
@@ -73,7 +72,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir: Path, *, fmt: str,
     """
     import ray
 
-    parts_dir = Path(parts_dir)
+    parts_dir = as_path(parts_dir)  # a local Path or a StorePath (s3://...)
     parts_dir.mkdir(parents=True, exist_ok=True)
     Actor = ray.remote(ShardWorker).options(num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=max_retries)
     # the processor travels inline with each actor's constructor (it holds only config and model

@@ -95,11 +95,19 @@ def _load_torch(bundle: ModelBundle, nthread: int):
     mean = np.asarray(pre.get("mean", 0.0), dtype=np.float32)
     scale = np.asarray(pre.get("scale", 1.0), dtype=np.float32)
     multiclass = bundle.meta.get("task") == "multiclass"
+    arguments = (bundle.meta.get("inputs") or {}).get("arguments")  # padded multi-input nets (GNNs)
 
-    def predict(X: np.ndarray) -> np.ndarray:
+    def predict(X) -> np.ndarray:
+        """``X``: float32 [n, F]; for a model whose metadata lists ``inputs.arguments``, a dict
+        of arrays by argument name (points/features/mask from ``hepray.gnn.inputs``)."""
         with torch.no_grad():
-            logits = model(torch.from_numpy((X - mean) / scale))
+            if arguments:
+                n = len(X[arguments[0]])
+                logits = model(*(torch.from_numpy(np.ascontiguousarray(X[k])) for k in arguments))
+            else:
+                n = len(X)
+                logits = model(torch.from_numpy((X - mean) / scale))
             out = torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)
-        return out.numpy().reshape(len(X), -1)
+        return out.numpy().reshape(n, -1)
 
     return predict

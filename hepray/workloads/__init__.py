@@ -2,8 +2,20 @@
 
 # Importing a workload module registers it. Heavy libraries are imported inside the workloads,
 # so listing kinds stays cheap.
-from . import infer, skim, train_bdt  # noqa: E402,F401
-from . import generate  # noqa: E402,F401
+from . import (  # noqa: E402,F401  # noqa: E402,F401  # noqa: E402,F401
+    anomaly_scan,
+    anomaly_train,
+    flashsim,  # noqa: E402,F401
+    fpga,  # noqa: E402,F401
+    generate,  # noqa: E402,F401
+    infer,
+    infer_gnn,
+    skim,
+    train_bdt,
+    train_classifier,  # noqa: E402,F401
+    train_gnn,
+    train_jetgraph,
+)
 from .registry import REGISTRY, Registry, register
 
 __all__ = ["REGISTRY", "Registry", "register"]

@@ -6,8 +6,8 @@ import numpy as np
 from pydantic import Field
 
 from ..config import DatasetSpec, JobConfig, Spec
-from ..errors import ConfigError
 from ..data.reading import feature_matrix, identity_columns, read_shard
+from ..errors import ConfigError
 from ..models.predict import ModelBundle
 from .base import PartData, ShardProcessor, Workload
 from .registry import register

@@ -14,7 +14,6 @@ Three training paths, chosen by ``mode`` (``auto`` picks):
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Literal
 
 import numpy as np

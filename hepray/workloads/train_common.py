@@ -58,6 +58,22 @@ def balance_factors(class_weight_sums: np.ndarray, n_train: int) -> np.ndarray:
     return np.where(sums > 0, n_train / (len(sums) * safe), 1.0)
 
 
+def shard_rows(cols: dict, job: TrainJob, shard) -> dict:
+    """One shard's training rows without loading the rest: features ``X`` (float32), labels
+    ``y``, raw weights ``w`` (sample weight times the event weight) and the split masks.
+    For training paths that stream shards (external memory, torch batches)."""
+    from ..data.reading import feature_matrix
+
+    u = cols[SPLIT]
+    X = feature_matrix(cols, list(job.features), shard.file or "")
+    y = np.asarray(cols[job.label]).astype(np.int64) if job.label else np.full(len(u), shard.label, dtype=np.int64)
+    w = np.full(len(u), shard.weight, dtype=np.float32)
+    if job.weights.event:
+        w = w * np.asarray(cols[job.weights.event], dtype=np.float32)
+    train, val, test = split_masks(u, job.split)
+    return {"X": X, "y": y, "w": w, "train": train, "val": val, "test": test}
+
+
 class Data:
     """Training data in memory: features X, labels y, weights w, split masks, extra columns."""
 
@@ -109,3 +125,45 @@ def class_names(job: TrainJob, data: Data) -> list[str]:
             names.setdefault(s.label, []).append(s.name)
         return ["+".join(names.get(c, [str(c)])) for c in range(data.n_classes)]
     return [str(c) for c in range(data.n_classes)]
+
+
+def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_name: str) -> dict:
+    """Test-set metrics and plots of any classifier's scores ``S`` [n, K] (K = 1: binary).
+
+    Binary: AUC, rejection at 30/50% signal efficiency, train AUC and train-vs-test KS per class
+    (overtraining), ROC, score and per-sample score plots. Multi-class: one-vs-rest AUC, ROC
+    and score plots per class, accuracy of the highest score, train-vs-test KS per class.
+    """
+    from ..report import metrics, plots
+
+    out: dict = {"n_train": int(data.train.sum()), "n_validation": int(data.val.sum()), "n_test": int(data.test.sum()),
+                 "classes": classes}
+    t, tr, y, w = data.test, data.train, data.y, data.raw_weight
+    if S.shape[1] == 1:
+        s = S[:, 0]
+        out.update(metrics.binary_summary(y[t], s[t], w[t]))
+        if tr.any():
+            out["auc_train"] = metrics.auc(y[tr], s[tr], w[tr])
+            out["ks_overtraining"] = {classes[c]: metrics.ks(s[tr & (y == c)], s[t & (y == c)]) for c in (0, 1)}
+        tpr, fpr, _ = metrics.roc(y[t], s[t], w[t])
+        plots.roc_curves({f"{model_name} (AUC {out['auc']:.4f})": (tpr, fpr)}, plot_dir / "roc.png", f"{model_name}, test events")
+        plots.score_distributions({f"{classes[c]} test": s[t & (y == c)] for c in (0, 1)}, plot_dir / "scores.png",
+                                  f"{model_name} score: test (lines) vs train (points)",
+                                  dashed={f"{classes[c]} train": s[tr & (y == c)] for c in (0, 1)})
+        per_sample = {name: s[t & (data.sample == i)] for i, name in enumerate(data.samples)}
+        plots.score_distributions(per_sample, plot_dir / "scores_per_sample.png", f"{model_name} score per sample (test)")
+        return out
+    out["auc_per_class"] = {c: metrics.auc(y[t] == i, S[t, i], w[t]) for i, c in enumerate(classes)}
+    out["auc"] = float(np.mean(list(out["auc_per_class"].values())))
+    out["accuracy"] = float(np.average(S[t].argmax(1) == y[t], weights=w[t]))
+    if tr.any():
+        out["ks_overtraining"] = {c: metrics.ks(S[tr & (y == i), i], S[t & (y == i), i]) for i, c in enumerate(classes)}
+    curves = {}
+    for i, c in enumerate(classes):
+        tpr, fpr, _ = metrics.roc(y[t] == i, S[t, i], w[t])
+        curves[f"{c} vs rest (AUC {out['auc_per_class'][c]:.3f})"] = (tpr, fpr)
+        plots.score_distributions({f"true {k}": S[t & (y == j), i] for j, k in enumerate(classes)},
+                                  plot_dir / f"scores_{c}.png", f"score for class {c}: test (lines) vs train (points)",
+                                  dashed={f"true {c} train": S[tr & (y == i), i]})
+    plots.roc_curves(curves, plot_dir / "roc.png", f"{model_name} one-vs-rest, test events")
+    return out

@@ -1,0 +1,476 @@
+"""``kind: train_classifier``: a torch MLP over flat features, binary or multi-class, trained
+in one process or on Ray Train (DDP), optionally adversarial (ADNN) or systematic-aware.
+
+Steps:
+
+1. one distributed pass (a Ray task per shard): rows per split, class weight sums (for class
+   balancing) and the moments of the training rows' features (standardisation, stored with the
+   model);
+2. training with :func:`hepray.training.fit` on batches streamed from the shards
+   (:class:`~hepray.training.ShardBatches`): ``mode: direct`` in this process, ``ray_train`` on
+   Ray Train's TorchTrainer (one rank per worker, DDP), ``auto`` picks (see
+   :func:`hepray.training.choose_mode`); a checkpoint per epoch, ``hepray run --resume``
+   continues from the last one;
+3. evaluation as for the BDT (ROC, rejection, train-vs-test KS, per class), Taylor-expansion
+   feature attribution, TorchScript and ONNX exports checked against torch, and for ADNN or
+   systematic-aware training the diagnostics that show what the extra term bought (adversary
+   and fresh-probe accuracy, score KS between signal models; score shift under the variation),
+   each next to a reference trained without the term.
+
+The model folder is the usual artifact (``type: torch``), so ``kind: infer`` runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ..config import Spec
+from ..data.loading import iter_columns
+from ..data.shard import Shard
+from ..errors import ConfigError
+from ..models.artifact import save_metadata
+from .base import Workload
+from .registry import register
+from .train_common import (
+    TrainJob,
+    balance_factors,
+    class_names,
+    load_training_data,
+    score_report,
+    shard_rows,
+)
+
+ACTIVATION = Literal["relu", "tanh", "elu", "silu", "leakyrelu"]
+
+
+class ModelSpec(Spec):
+    hidden: list[int] = Field([64, 64, 32], min_length=1)
+    activation: ACTIVATION = "elu"  # smooth: second-order Taylor attribution is 0 for ReLU
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainingSpec(Spec):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(256, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    step_epochs: int = Field(10, gt=0)  # step: period; plateau: patience of the lr decay
+    gamma: float = Field(0.5, gt=0, le=1)
+    patience: int | None = Field(8, gt=0)  # early stopping; null: never
+    min_delta: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    checkpoint_every: int = Field(1, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    shuffle_window: int = Field(4, gt=0)  # shards whose rows are shuffled together
+    cache: bool = True  # keep converted rows in memory after the first epoch
+
+
+class AdversarialSpec(Spec):
+    """ADNN: ``domains`` are sample names, one domain each (events of other samples have none)."""
+
+    domains: list[str] = Field(min_length=2)
+    alpha: float = Field(1.0, ge=0)
+    mode: Literal["minimax", "confusion"] = "confusion"
+    hidden: list[int] = [32]
+    learning_rate: float | None = Field(None, gt=0)  # default: training.learning_rate
+    adversary_steps: int = Field(1, gt=0)
+    probe_epochs: int = Field(40, gt=0)  # fresh probe trained on the frozen penultimate layer
+    reference: bool = True  # also train with alpha = 0 and report the same numbers
+
+
+class SystematicSpec(Spec):
+    """A variation of the inputs: each named feature scaled by 1 ± its relative shift."""
+
+    name: str
+    scale: dict[str, float] = Field(min_length=1)
+
+
+class SystematicLossSpec(Spec):
+    lam: float = Field(1.0, ge=0, alias="lambda")
+    bins: int = Field(20, gt=1)
+    bandwidth: float = Field(0.05, gt=0)
+    kind: Literal["l2", "chi2"] = "l2"
+    reference: bool = True  # also train with lambda = 0 and report the same shifts
+
+    model_config = {**Spec.model_config, "populate_by_name": True}
+
+
+class AttributionSpec(Spec):
+    events: int = Field(2000, ge=0)  # 0: skip
+    second_order: bool = True
+    top: int = Field(10, gt=0)
+
+
+class ExportSpec(Spec):
+    torchscript: bool = True
+    onnx: bool = True
+    check_events: int = Field(512, gt=1)
+
+
+class TrainClassifierConfig(TrainJob):
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    mode: Literal["auto", "direct", "ray_train"] = "auto"
+    num_workers: int | None = Field(None, gt=0)  # ray_train; default: cluster CPUs / engine.cpus_per_worker
+    use_gpu: bool = False
+    threads: int | None = Field(None, gt=0)  # torch threads in direct mode; default: the cluster's CPUs
+    # auto: Ray Train when events x epochs exceed this (measured break-even, docs/classifier.md)
+    auto_ray_train_work: int = Field(20_000_000, gt=0)
+    adversarial: AdversarialSpec | None = None
+    systematics: list[SystematicSpec] = []
+    systematic_loss: SystematicLossSpec | None = None
+    attribution: AttributionSpec = AttributionSpec()
+    export: ExportSpec = ExportSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for i, syst in enumerate(self.systematics):
+            bad = sorted(set(syst.scale) - set(self.features))
+            if bad:
+                raise ConfigError("", f"systematics[{i}].scale.{bad[0]}", "not one of `features:`")
+        if self.systematic_loss is not None and not self.systematics:
+            raise ConfigError("", "systematic_loss", "needs at least one entry in `systematics:`")
+        if self.adversarial is not None:
+            if self.systematic_loss is not None:
+                raise ConfigError("", "adversarial", "use either `adversarial:` or `systematic_loss:`, not both")
+            names = [s.name for s in self.dataset.samples]
+            bad = [d for d in self.adversarial.domains if d not in names]
+            if bad:
+                raise ConfigError("", "adversarial.domains", f"{bad[0]!r} is not a sample name ({', '.join(names)})")
+        return self
+
+
+# -- rows of one shard ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class ClassifierRows:
+    """Shard -> arrays for the network: standardised ``x``, label ``y``, weight ``w`` (sample x
+    event weight x class-balance factor), signal-model domain ``d`` (-1: none). Picklable: it
+    runs in Ray tasks and Ray Train workers."""
+
+    job: TrainClassifierConfig
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    factors: np.ndarray | None = None
+
+    def columns(self) -> list[str]:
+        return list(self.job.features) + [c for c in (self.job.label, self.job.weights.event) if c]
+
+    def raw(self, shard_dict: dict) -> dict:
+        shard = Shard.from_dict(shard_dict)
+        _, cols = next(iter_columns([shard], self.job.dataset, self.columns()))
+        rows = shard_rows(cols, self.job, shard)
+        domains = self.job.adversarial.domains if self.job.adversarial else []
+        rows["d"] = np.full(len(rows["y"]), domains.index(shard.sample) if shard.sample in domains else -1, np.int64)
+        return rows
+
+    def __call__(self, shard_dict: dict, part: str = "train") -> dict:
+        r = self.raw(shard_dict)
+        m = r[part]
+        x = (r["X"][m] - self.mean) / self.scale
+        w = r["w"][m] * (self.factors[r["y"][m]] if self.factors is not None else 1.0)
+        return {"x": x.astype(np.float32), "y": r["y"][m], "w": w.astype(np.float32), "d": r["d"][m]}
+
+
+def _shard_statistics(shard_dict: dict, rows: ClassifierRows) -> dict:
+    """One shard's share of the statistics pass (runs as a Ray task)."""
+    from ..training.standardize import Moments
+
+    r = rows.raw(shard_dict)
+    tr = r["train"]
+    return {"train": int(tr.sum()), "val": int(r["val"].sum()), "test": int(r["test"].sum()),
+            "max_label": int(r["y"].max()) if len(r["y"]) else -1, "min_label": int(r["y"].min()) if len(r["y"]) else 0,
+            "class_weight": np.bincount(r["y"][tr], r["w"][tr].astype(np.float64)) if tr.any() else np.zeros(1),
+            "moments": Moments.of(r["X"][tr])}
+
+
+# -- one training, in whichever process ----------------------------------------------------------
+def build_networks(job: TrainClassifierConfig, n_inputs: int, n_outputs: int):
+    """The classifier (an MLP) and, for ADNN, ``ModuleDict(classifier=..., adversary=...)``."""
+    import torch
+
+    from ..models.losses import Adversary
+    from ..models.mlp import MLP
+
+    torch.manual_seed(job.seed)
+    m = job.model
+    clf = MLP(n_inputs, m.hidden, n_outputs, activation=m.activation, dropout=m.dropout)
+    if job.adversarial is None:
+        return clf
+    adv = Adversary(m.hidden[-1], len(job.adversarial.domains), hidden=job.adversarial.hidden)
+    return torch.nn.ModuleDict({"classifier": clf, "adversary": adv})
+
+
+def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, device=None, log=None):
+    """Build model, batches and objective from ``setup`` and run :func:`hepray.training.fit`.
+
+    The same function runs in the driver (``direct``) and in every Ray Train worker; returns
+    (model, FitResult).
+    """
+    import torch
+
+    from ..training import LoopConfig, ShardBatches, common_steps, fit
+    from ..training.objectives import Adversarial, Classification, SystematicAware, scale_variations
+
+    job: TrainClassifierConfig = setup["job"]
+    t = job.training
+    rows: ClassifierRows = setup["rows"]
+    model = build_networks(job, len(job.features), setup["n_outputs"])
+    shards, groups = setup["shards"], setup["groups"]
+    steps = common_steps(setup["rows_train"], world, t.batch_size, groups) if world > 1 else None
+    common = dict(rank=rank, world=world, groups=groups, seed=job.seed, window=t.shuffle_window, cache=t.cache)
+    train = ShardBatches(shards, functools.partial(rows, part="train"), t.batch_size, rows=setup["rows_train"],
+                         steps=steps, **common)
+    val = ShardBatches(shards, functools.partial(rows, part="val"), 4 * t.batch_size, rows=setup["rows_val"],
+                       shuffle=False, **common)
+    sync = "ddp"
+    if job.adversarial is not None:
+        adv = job.adversarial
+        opt_c = torch.optim.AdamW(model["classifier"].parameters(), t.learning_rate, weight_decay=t.weight_decay)
+        opt_a = torch.optim.Adam(model["adversary"].parameters(), adv.learning_rate or t.learning_rate)
+        optimizers = {"classifier": opt_c, "adversary": opt_a}
+        objective = Adversarial(opt_c, opt_a, setup["alpha"], len(adv.domains), adv.mode, adv.adversary_steps)
+        sync = "optimizer"
+    else:
+        optimizers = torch.optim.AdamW(model.parameters(), t.learning_rate, weight_decay=t.weight_decay)
+        if job.systematic_loss is not None:
+            sl = job.systematic_loss
+            variations = []
+            for syst in job.systematics:
+                deltas = [syst.scale.get(f, 0.0) for f in job.features]
+                variations += scale_variations(deltas, rows.mean, rows.scale)
+            objective = SystematicAware(variations, setup["lam"], sl.bins, sl.bandwidth, sl.kind)
+        else:
+            objective = Classification()
+    config = LoopConfig(epochs=t.epochs, schedule=t.schedule, step_epochs=t.step_epochs, gamma=t.gamma,
+                        patience=t.patience, min_delta=t.min_delta, grad_clip=t.grad_clip,
+                        checkpoint_every=t.checkpoint_every)
+    result = fit(model, optimizers, objective, train, config=config, val_batches=lambda epoch: val(0),
+                 val_step=objective.validate, checkpoints=checkpoints, sync=sync, device=device, log=log)
+    return model, result
+
+
+def _ray_worker(setup: dict):
+    """Entry point of each Ray Train worker."""
+    import torch
+
+    from ..training import RayTrainCheckpoints, worker_context
+
+    torch.set_num_threads(setup["threads"])
+    rank, world, device = worker_context()
+    train_process(setup, RayTrainCheckpoints(), rank=rank, world=world, device=device,
+                  log=lambda msg: print(f"[hepray train_classifier rank {rank}] {msg}", flush=True))
+
+
+# -- the workload --------------------------------------------------------------------------------
+@register("train_classifier")
+class TrainClassifier(Workload):
+    """Torch MLP classifier on sharded ROOT data (direct or Ray Train DDP), ADNN, systematic-aware."""
+
+    Config = TrainClassifierConfig
+
+    def columns(self) -> list[str]:
+        return ClassifierRows(self.job).columns()
+
+    def run(self, ctx) -> dict:
+        import ray
+
+        from ..engine.runtime import cluster_cpus, ensure_ray
+        from ..training import choose_mode
+        from ..training.standardize import map_shard_tasks, merge_all
+
+        job: TrainClassifierConfig = self.job
+        ensure_ray(ctx.address)
+        plan = ctx.plan(job.dataset, extra=self.columns())
+        shards = list(plan)
+        t0 = time.perf_counter()
+        stats = [r for _, r in map_shard_tasks(_shard_statistics, shards, ClassifierRows(job))]
+        moments = merge_all(r["moments"] for r in stats)
+        pre = moments.to_preprocessing()
+        n_classes = max(r["max_label"] for r in stats) + 1
+        if min(r["min_label"] for r in stats) < 0 or n_classes < 2:
+            raise ConfigError(job.source, "dataset.samples", "every sample needs a `label:` >= 0, and at least two classes")
+        task = job.task if job.task != "auto" else ("binary" if n_classes == 2 else "multiclass")
+        if task == "binary" and n_classes > 2:
+            raise ConfigError(job.source, "task", f"binary, but the labels have {n_classes} classes")
+        sums = np.zeros(n_classes)
+        for r in stats:
+            sums[: len(r["class_weight"])] += r["class_weight"]
+        n_train = sum(r["train"] for r in stats)
+        factors = balance_factors(sums, n_train) if job.weights.balance_classes else np.ones(n_classes)
+        rows = ClassifierRows(job, np.asarray(pre["mean"]), np.asarray(pre["scale"]), factors)
+        ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; statistics pass "
+                f"{time.perf_counter() - t0:.1f}s: train {n_train}, validation {sum(r['val'] for r in stats)}, "
+                f"test {sum(r['test'] for r in stats)}")
+        workers = job.num_workers or max(1, int(cluster_cpus() / job.engine.cpus_per_worker))
+        mode = choose_mode(job.mode, events=n_train, epochs=job.training.epochs, workers=workers,
+                           use_gpu=job.use_gpu, nodes=len([n for n in ray.nodes() if n.get("Alive")]),
+                           threshold=job.auto_ray_train_work)
+        setup = {"job": job, "rows": rows, "shards": [s.to_dict() for s in shards], "groups": [s.sample for s in shards],
+                 "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
+                 "n_outputs": 1 if task == "binary" else n_classes,
+                 "alpha": job.adversarial.alpha if job.adversarial else 0.0,
+                 "lam": job.systematic_loss.lam if job.systematic_loss else 0.0,
+                 "threads": max(1, int(job.engine.cpus_per_worker))}
+        ctx.log(f"mode: {mode}" + (f" ({workers} Ray Train workers)" if mode == "ray_train" else ""))
+        seconds = {"statistics": round(time.perf_counter() - t0, 2)}
+        lap = time.perf_counter()
+
+        def timed(name: str):
+            nonlocal lap
+            now = time.perf_counter()
+            seconds[name] = round(now - lap, 2)
+            lap = now
+
+        model, fit_info = self._train(ctx, setup, mode, workers, "main")
+        timed("train")
+
+        from ..training import diagnostics
+
+        data, shard_ids = load_training_data(ctx, job, plan=plan)
+        timed("load_evaluation_events")
+        classes = class_names(job, data)
+        clf = model["classifier"] if job.adversarial else model
+        evaluator = diagnostics.Evaluator(clf, rows.mean, rows.scale, task)
+        S = evaluator.scores(data.X)
+        pdir = ctx.run_dir / "plots"
+        result = score_report(S, data, classes, pdir, "DNN")
+        result.update(task=task, training={"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info})
+        diagnostics.plot_history(fit_info["history"], pdir / "training.png")
+        timed("evaluate")
+        if job.attribution.events:
+            result["attribution"] = diagnostics.attribution(evaluator, data.X[data.test][: job.attribution.events],
+                                                            job.features, classes, job.attribution, pdir)
+            timed("attribution")
+        if job.adversarial:
+            result["adversarial"] = {"auc": result["auc"], **self._adversarial_report(
+                ctx, setup, mode, workers, evaluator, data, S, fit_info)}
+            timed("adversarial")
+        if job.systematics:
+            result["systematics"] = {"auc": result["auc"], **self._systematic_report(
+                ctx, setup, mode, workers, evaluator, data, S, pdir)}
+            timed("systematics")
+        mdir = ctx.run_dir / "model"
+        if job.export.torchscript or job.export.onnx:
+            result["export"] = diagnostics.export(evaluator, data.X[data.test][: job.export.check_events], mdir,
+                                                  job.export.torchscript, job.export.onnx)
+            timed("export")
+        result["seconds"] = seconds
+        self._save(mdir, clf, pre, task, classes, result, data.fingerprint(shard_ids), data.samples)
+        ctx.write_json("metrics.json", result)
+        ctx.log("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
+        summary = {"events_in": plan.events, "mode": mode, "model": str(mdir),
+                   **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
+                   "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"]}
+        if job.adversarial:
+            adv = result["adversarial"]
+            summary.update(probe_accuracy=adv["probe_accuracy"], adversary_accuracy=adv["adversary_accuracy"])
+        return summary
+
+    # -- training in either mode ------------------------------------------------------------------
+    def _train(self, ctx, setup: dict, mode: str, workers: int, tag: str):
+        """Train once; returns (model with the best weights, FitResult as a dict)."""
+        import torch
+
+        from ..training import (
+            DirectoryCheckpoints,
+            FitResult,
+            read_loop_state,
+            read_weights,
+            run_torch_trainer,
+        )
+
+        job: TrainClassifierConfig = self.job
+        if mode == "direct":
+            store = DirectoryCheckpoints(ctx.run_dir / "checkpoints" / tag, keep=job.training.keep_checkpoints)
+            if not ctx.resume:
+                store.clear()
+            threads = torch.get_num_threads()
+            torch.set_num_threads(job.threads or max(1, int(__import__("ray").cluster_resources().get("CPU", 1))))
+            try:
+                model, res = train_process(setup, store, log=lambda m: ctx.log(f"[{tag}] {m}"))
+            finally:
+                torch.set_num_threads(threads)
+            return model, res.to_dict()
+        result = run_torch_trainer(_ray_worker, setup, storage=ctx.run_dir / "ray_train", name=tag,
+                                   num_workers=workers, use_gpu=job.use_gpu, cpus_per_worker=job.engine.cpus_per_worker,
+                                   resume=ctx.resume, keep_checkpoints=job.training.keep_checkpoints)
+        with result.checkpoint.as_directory() as folder:
+            weights, state = read_weights(folder, "best"), read_loop_state(folder)
+        model = build_networks(job, len(job.features), setup["n_outputs"])
+        model.load_state_dict(weights)
+        return model, FitResult.from_state(state).to_dict()
+
+    def _with(self, setup: dict, **update) -> dict:
+        return {**setup, **update}
+
+    def _adversarial_report(self, ctx, setup, mode, workers, evaluator, data, S, fit_info) -> dict:
+        from ..training import diagnostics
+
+        job: TrainClassifierConfig = self.job
+        adv = job.adversarial
+        pdir = ctx.run_dir / "plots"
+        out = {"alpha": adv.alpha, "mode": adv.mode, "domains": list(adv.domains),
+               **diagnostics.adnn_metrics(evaluator, data, S, adv.domains, job.seed, adv.probe_epochs),
+               "adversary_accuracy": _at_best(fit_info, "train_adversary_accuracy")}
+        diagnostics.plot_domains(S, data, adv.domains, pdir / "scores_per_domain.png", f"ADNN alpha={adv.alpha}")
+        if adv.reference and adv.alpha > 0:
+            ctx.log("reference training with alpha = 0")
+            ref_model, ref_fit = self._train(ctx, self._with(setup, alpha=0.0), mode, workers, "reference")
+            ref_eval = evaluator.with_model(ref_model["classifier"])
+            S0 = ref_eval.scores(data.X)
+            ref = diagnostics.adnn_metrics(ref_eval, data, S0, adv.domains, job.seed, adv.probe_epochs)
+            ref.update(alpha=0.0, adversary_accuracy=_at_best(ref_fit, "train_adversary_accuracy"),
+                       auc=score_report(S0, data, self._classes(data), pdir / "reference", "DNN alpha=0").get("auc"))
+            diagnostics.plot_domains(S0, data, adv.domains, pdir / "scores_per_domain_alpha0.png", "alpha = 0")
+            out["reference"] = ref
+        return out
+
+    def _systematic_report(self, ctx, setup, mode, workers, evaluator, data, S, pdir) -> dict:
+        from ..training import diagnostics
+
+        job: TrainClassifierConfig = self.job
+        out = {"lambda": job.systematic_loss.lam if job.systematic_loss else 0.0,
+               "shifts": diagnostics.systematic_shifts(evaluator, data, S, job.systematics, job.features, pdir, "")}
+        out["mean_ks"] = diagnostics.mean_of(out["shifts"], "ks")
+        sl = job.systematic_loss
+        if sl is not None and sl.reference and sl.lam > 0:
+            ctx.log("reference training with lambda = 0")
+            ref_model, _ = self._train(ctx, self._with(setup, lam=0.0), mode, workers, "reference")
+            ref_eval = evaluator.with_model(ref_model)
+            S0 = ref_eval.scores(data.X)
+            shifts = diagnostics.systematic_shifts(ref_eval, data, S0, job.systematics, job.features, pdir, "_lambda0")
+            out["reference"] = {"lambda": 0.0, "shifts": shifts, "mean_ks": diagnostics.mean_of(shifts, "ks"),
+                                "auc": score_report(S0, data, self._classes(data), pdir / "reference", "DNN lambda=0").get("auc")}
+        return out
+
+    def _classes(self, data) -> list[str]:
+        return class_names(self.job, data)
+
+    def _save(self, mdir, clf, pre, task, classes, result, fingerprint, samples):
+        import torch
+
+        job: TrainClassifierConfig = self.job
+        mdir.mkdir(parents=True, exist_ok=True)
+        torch.save(clf.state_dict(), mdir / "model.pt")
+        save_metadata(mdir, {
+            "type": "torch", "file": "model.pt", "features": list(job.features), "classes": classes, "task": task,
+            "architecture": clf.arch, "preprocessing": pre,
+            "metrics": {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
+            "exports": {k: v.get("file") for k, v in result.get("export", {}).items()},
+            "dataset_fingerprint": fingerprint, "samples": samples,
+        })
+
+
+def _at_best(fit_info: dict, key: str):
+    """``key`` of the epoch whose weights were kept (the best one; else the last)."""
+    history = fit_info.get("history", [])
+    best = fit_info.get("best_epoch")
+    entries = [h for h in history if h["epoch"] == best] or history[-1:]
+    return entries[0].get(key) if entries else None

@@ -1,0 +1,305 @@
+"""Anomaly scans: reference tables, per-lumisection statistics and event-level search as pure
+functions, then ``train_anomaly`` -> ``anomaly_scan`` on the committed faulty-run sample
+(tests/data/anomaly/README.md) with checks that fail when the scan stops finding the faults."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hepray.anomaly.lumi import LumiSums, good_lumi_ranges, lumi_table, performance
+from hepray.anomaly.reference import ReferenceTable
+from hepray.anomaly.search import (
+    ScoreHistograms,
+    auc_from_histograms,
+    efficiency_at_rates,
+    search_summary,
+)
+from hepray.anomaly.stats import binomial_interval
+
+DATA = Path(__file__).parent / "data" / "anomaly"
+SAMPLE = Path(__file__).parent / "data" / "generated" / "sample" / "parts"
+DQ_FEATURES = ["reco_pt", "reco_eta", "reco_phi", "reco_mass", "reco_tau21", "reco_tau32", "reco_nconst"]
+
+
+def _ref(n=20_000, n_features=3, seed=0) -> ReferenceTable:
+    rng = np.random.default_rng(seed)
+    err = rng.exponential(1.0, size=(n, n_features))
+    return ReferenceTable.from_scores(err.mean(axis=1), err)
+
+
+# -- pure functions ---------------------------------------------------------------------------
+def test_reference_table_pvalues_thresholds_and_roundtrip():
+    ref = _ref()
+    rng = np.random.default_rng(1)
+    fresh = rng.exponential(1.0, size=(20_000, 3)).mean(axis=1)
+    p = ref.tail_pvalue(fresh)
+    assert p.min() >= ref.p_min and p.max() <= 1.0
+    # good data give uniform tail probabilities: deciles within 1.5% of 10%
+    assert np.allclose(np.histogram(p, bins=10, range=(0, 1))[0] / len(p), 0.1, atol=0.015)
+    for rate in (0.1, 0.01, 0.001):
+        assert (fresh > ref.threshold(rate)).mean() == pytest.approx(rate, rel=0.35)
+    assert ref.tail_pvalue([1e9])[0] == ref.p_min
+    again = ReferenceTable.from_dict(json.loads(json.dumps(ref.to_dict())))
+    assert np.array_equal(again.tail_pvalue(fresh), p)
+    drawn = ref.sample(rng, 20_000)
+    assert abs(np.median(drawn) - np.median(fresh)) < 0.03
+
+
+def _lumis(rng, ref_rng_scale=1.0, n_lumis=300, per_lumi=30, bad=(), shift_feature=1):
+    """Events of ``n_lumis`` lumisections; those in ``bad`` have one feature's error tripled."""
+    lumi = np.repeat(np.arange(n_lumis), per_lumi)
+    err = rng.exponential(ref_rng_scale, size=(len(lumi), 3))
+    truth = np.isin(lumi, bad).astype(int)
+    err[truth == 1, shift_feature] *= 3.0
+    return lumi, err, truth
+
+
+def test_lumi_statistics_hold_false_alarm_and_find_shifted_lumis():
+    ref = _ref()
+    rng = np.random.default_rng(2)
+    bad = list(range(0, 300, 10))
+    lumi, err, truth = _lumis(rng, bad=bad)
+    score = err.mean(axis=1)
+    # two chunks in a different order must give the same sums as one
+    whole = LumiSums(3, ref.threshold(0.01))
+    whole.add(np.full(len(lumi), 7), lumi, score, ref.tail_pvalue(score), err, truth)
+    half = len(lumi) // 2
+    a, b = LumiSums(3, ref.threshold(0.01)), LumiSums(3, ref.threshold(0.01))
+    b.add(np.full(half, 7), lumi[:half], score[:half], ref.tail_pvalue(score[:half]), err[:half], truth[:half])
+    a.add(np.full(len(lumi) - half, 7), lumi[half:], score[half:], ref.tail_pvalue(score[half:]), err[half:], truth[half:])
+    merged = a.merge(b).arrays()
+    for k, v in whole.arrays().items():
+        assert np.allclose(v, merged[k]), k
+    assert merged["lumi"].tolist() == list(range(300)) and (merged["n"] == 30).all()
+
+    features = ["a", "b", "c"]
+    for statistic in ("fisher", "frac_above", "mean"):
+        t = lumi_table(whole, ref, features, statistic=statistic, false_alarm=0.05, n_boot=500)
+        perf = performance(t)
+        assert perf["false_alarm_measured"]["value"] < 0.12, statistic  # alpha = 0.05 on 270 good ones
+        assert perf["auc"][statistic] > 0.8, statistic
+    t = lumi_table(whole, ref, features, statistic="fisher", false_alarm=0.05)
+    assert performance(t)["found"]["value"] > 0.8
+    flagged_bad = t["flagged"] & (t["truth"] > 0)
+    assert all(t["top_features"][i][0]["feature"] == "b" for i in np.flatnonzero(flagged_bad))
+
+
+def test_too_small_lumis_are_not_judged_and_good_ranges_skip_flags():
+    ref = _ref()
+    sums = LumiSums(3, ref.threshold(0.01))
+    err = np.full((3, 3), 50.0)
+    sums.add([1, 1, 1], [4, 4, 4], err.mean(axis=1), ref.tail_pvalue(err.mean(axis=1)), err)
+    t = lumi_table(sums, ref, ["a", "b", "c"], min_events=5)
+    assert not t["judged"][0] and not t["flagged"][0]
+    ranges = good_lumi_ranges(np.array([1, 1, 1, 1, 2]), np.array([1, 2, 3, 4, 1]), np.array([True, True, False, True, True]))
+    assert ranges == {"1": [[1, 2], [4, 4]], "2": [[1, 1]]}
+
+
+def test_efficiency_at_background_rates_matches_direct_counting():
+    rng = np.random.default_rng(3)
+    bkg, sig = rng.exponential(1.0, 200_000), rng.exponential(3.0, 20_000)
+    h = ScoreHistograms()
+    h.add("bkg", bkg[:100_000])
+    h.add("bkg", bkg[100_000:])
+    h.add("sig", sig)
+    rows = efficiency_at_rates(h.counts["sig"], h.counts["bkg"], [1e-2, 1e-3, 1e-4])
+    for row in rows:
+        t = np.quantile(bkg, 1 - row["background_rate"])
+        assert row["threshold"] == pytest.approx(t, rel=0.03)
+        assert row["signal_efficiency"] == pytest.approx((sig > t).mean(), abs=0.01)
+        lo, hi = row["threshold_band"]
+        assert lo <= row["signal_efficiency"] <= hi
+    assert [r["reliable"] for r in rows] == [True, True, True]
+    assert efficiency_at_rates(h.counts["sig"], h.counts["bkg"], [1e-6])[0]["reliable"] is False  # 0.2 events above
+    from sklearn.metrics import roc_auc_score
+
+    exact = roc_auc_score(np.r_[np.zeros(len(bkg)), np.ones(len(sig))], np.r_[bkg, sig])
+    assert auc_from_histograms(h.counts["sig"], h.counts["bkg"]) == pytest.approx(exact, abs=0.002)
+    ref = ReferenceTable.from_scores(bkg, bkg[:, None])
+    s = search_summary(h, ["bkg"], {"sig": ["sig"]}, ref, [1e-2])
+    at_ref = s["signals"]["sig"]["at_reference_threshold"][0]
+    assert at_ref["background_rate_measured"] == pytest.approx(1e-2, rel=0.1)
+
+
+def test_binomial_interval_is_honest_at_the_edges():
+    lo, hi = binomial_interval(0, 10)
+    assert lo == 0.0 and 0.1 < hi < 0.2
+    lo, hi = binomial_interval(10, 10)
+    assert hi == 1.0 and 0.8 < lo < 0.9
+    lo, hi = binomial_interval(50, 100)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.1, abs=0.01)
+
+
+# -- the jobs, on the committed faulty run ----------------------------------------------------------
+FEATURES = ["reco_pt", "reco_eta", "reco_phi", "reco_mass", "reco_tau1", "reco_tau2", "reco_tau3", "reco_nconst"]
+ENGINE = {"workers": 2, "progress_every_s": 60}
+
+
+@pytest.fixture(scope="module")
+def vae(ray_session, tmp_path_factory):
+    """A VAE on the reference run (it found more faulty lumisections than the plain autoencoder:
+    docs/anomaly.md), torch on one thread."""
+    import hepray
+
+    return hepray.run({
+        "kind": "train_anomaly", "name": "t_vae", "seed": 1,
+        "dataset": {"files": str(DATA / "reference" / "parts" / "*.root"), "tree": "jets"},
+        "features": FEATURES, "model": {"type": "vae"},
+        "training": {"batch_size": 64, "epochs": 100, "threads": 1},
+        "output": {"dir": str(tmp_path_factory.mktemp("anomaly_vae"))}, "engine": ENGINE,
+    }, overwrite=True, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def dq_scan(vae, tmp_path_factory):
+    import hepray
+
+    out = tmp_path_factory.mktemp("anomaly_dq")
+    summary = hepray.run({
+        "kind": "anomaly_scan", "name": "dq",
+        "dataset": {"files": str(DATA / "faulty" / "parts" / "*.root"), "tree": "jets"},
+        "model": {"path": vae["model"]}, "truth": "fault", "output": {"dir": str(out)}, "engine": ENGINE,
+    }, overwrite=True, quiet=True)
+    return out, summary
+
+
+def _input(pattern: str, branches: list[str]) -> dict:
+    import uproot
+
+    return uproot.concatenate(sorted(glob.glob(pattern)), branches, library="np")
+
+
+def test_train_anomaly_artifact_is_self_contained(vae):
+    import torch
+
+    from hepray.anomaly.scoring import Scorer
+    from hepray.models.artifact import load_metadata
+
+    meta = load_metadata(vae["model"])
+    assert meta["type"] == "torch" and meta["task"] == "anomaly" and meta["features"] == FEATURES
+    assert meta["architecture"]["name"] == "vae" and len(meta["preprocessing"]["scale"]) == len(FEATURES)
+    ref = ReferenceTable.from_dict(meta["anomaly"]["reference"])
+    assert ref.n == vae["n_reference_heldout"] > 700  # validation + test halves of 2000 jets
+    assert np.all(np.diff(ref.values) >= 0) and ref.values[0] >= 0
+    raw = (Path(vae["model"]) / "model.pt").read_bytes()
+    torch.load(io.BytesIO(raw), weights_only=True)  # a plain state_dict
+    scorer = Scorer.from_bundle(meta, raw)
+    X = np.column_stack([_input(str(DATA / "reference" / "parts" / "*.root"), FEATURES)[f] for f in FEATURES])
+    s, e = scorer(X[:200])
+    assert s.shape == (200,) and e.shape == (200, len(FEATURES)) and np.isfinite(s).all()
+    X[0, 0] = np.nan
+    assert scorer(X[:2])[0][0] == np.inf  # broken inputs are the most anomalous
+    assert (Path(vae["model"]).parent / "plots" / "loss.png").exists()
+
+
+def test_scan_writes_every_event_once_with_scores_and_identity(dq_scan):
+    out, summary = dq_scan
+    src = _input(str(DATA / "faulty" / "parts" / "*.root"), ["run", "luminosityBlock", "event"])
+    assert summary["events_in"] == summary["events_out"] == len(src["event"]) == 3000
+    parts = _input(str(out / "parts" / "*.root"), ["run", "luminosityBlock", "event", "anomaly_score", "anomaly_pvalue",
+                                                   "fault", "label"] + [f"err_{f}" for f in FEATURES])
+    assert sorted(zip(parts["luminosityBlock"], parts["event"])) == sorted(zip(src["luminosityBlock"], src["event"]))
+    assert (parts["anomaly_pvalue"] > 0).all() and (parts["anomaly_pvalue"] <= 1).all()
+    # per-lumisection sums read back from the parts equal a direct recomputation
+    with open(out / "lumis.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(set(zip(src["run"], src["luminosityBlock"]))) == summary["lumisections"]
+    for r in rows[::7]:
+        sel = parts["luminosityBlock"] == int(r["lumi"])
+        assert int(r["n"]) == sel.sum()
+        assert float(r["mean_score"]) == pytest.approx(parts["anomaly_score"][sel].mean(), rel=1e-5)
+        assert int(r["truth"]) == parts["fault"][sel].max()
+
+
+def test_scan_finds_faulty_lumisections_and_keeps_the_good_ones(dq_scan):
+    out, summary = dq_scan
+    scan = json.loads((out / "scan.json").read_text())
+    perf = scan["lumi"]["performance"]
+    assert perf["faulty"] == 24 and perf["good"] == 86
+    assert summary["lumi_auc"] > 0.75  # fisher statistic; measured 0.85
+    assert perf["found_per_truth"]["1"]["k"] >= 5  # dead region: 8 injected, 8 found
+    assert perf["found_per_truth"]["3"]["k"] >= 1  # noisy channel: 8 injected, 3 found
+    assert perf["found"]["k"] >= 6  # 12 of 24 at false alarm 0.01
+    assert perf["false_alarm_measured"]["k"] <= 4  # 0.01 x 86 expected
+    flagged = json.loads((out / "flagged.json").read_text())
+    assert len(flagged) == summary["flagged"] and all(f["features"][0]["feature"] in FEATURES for f in flagged)
+    good = json.loads((out / "good_lumis.json").read_text())["2"]
+    kept = {lu for a, b in good for lu in range(a, b + 1)}
+    assert not kept & {f["lumi"] for f in flagged}  # only the flagged lumisections go, not the run
+    assert len(kept) >= 110 - len(flagged) - 20  # ranges may span numbers with no events
+    for name in ("scores.png", "lumis.png", "flagged_features.png", "lumi_roc.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+
+
+def test_event_level_search_finds_unseen_signal(vae, tmp_path):
+    import hepray
+
+    summary = hepray.run({
+        "kind": "anomaly_scan", "name": "search",
+        "dataset": {"tree": "jets", "cut": "fault == 0", "samples": [
+            {"name": "qcd", "label": 0, "files": [str(DATA / "faulty" / "parts" / "*.root"), str(SAMPLE / "qcd_*.root")]},
+            {"name": "ttbar", "label": 1, "files": str(SAMPLE / "ttbar_*.root")}]},
+        "model": {"path": vae["model"]}, "lumi": {"enabled": False}, "output": {"dir": str(tmp_path / "scan")},
+        "engine": ENGINE,
+    }, overwrite=True, quiet=True)
+    search = json.loads((tmp_path / "scan" / "scan.json").read_text())["search"]
+    top = search["signals"]["ttbar"]
+    at = {w["background_rate"]: w for w in top["at_background_rate"]}
+    assert search["background_events"] == 2335 + 1114 and top["events"] == 1262
+    assert top["auc"] > 0.65  # measured 0.73
+    assert at[0.01]["signal_efficiency"] > 0.025 and at[0.01]["reliable"]  # 2.5x the background rate; measured 0.07
+    assert not at[1e-4]["reliable"]  # 0.3 background events above: says so
+    assert summary["search_ttbar"]["eff_at_0.01"] == at[0.01]["signal_efficiency"]
+    assert (tmp_path / "scan" / "plots" / "search_roc.png").exists()
+
+
+def test_aggregation_on_ray_tasks_equals_in_process(dq_scan, vae):
+    from hepray.anomaly.reference import ReferenceTable
+    from hepray.models.artifact import load_metadata
+    from hepray.workloads.anomaly_scan import AnomalyScan, aggregate_parts
+
+    out, _ = dq_scan
+    manifest = json.loads((out / "parts" / "_manifest.json").read_text())
+    ref = ReferenceTable.from_dict(load_metadata(vae["model"])["anomaly"]["reference"])
+    args = (str(out / "parts"), "root", manifest["tree"], FEATURES, ("run", "luminosityBlock"), None, "fault",
+            ref.threshold(0.01))
+    local_sums, local_h = aggregate_parts(manifest["parts"], *args)
+
+    class OneWorker:
+        def workers(self):
+            return 1
+
+    job = AnomalyScan.Config.model_validate({"kind": "anomaly_scan", "dataset": {"files": "x.root"}, "model": {"path": "m"}})
+    sums, h = AnomalyScan(job)._sum_parts(OneWorker(), manifest["parts"] * 2, args, min_parts=1)  # Ray tasks
+    a, b = local_sums.arrays(), sums.arrays()
+    assert np.array_equal(a["lumi"], b["lumi"]) and np.array_equal(2 * a["n"], b["n"])
+    assert np.allclose(2 * a["sum_err"], b["sum_err"]) and np.array_equal(a["truth_max"], b["truth_max"])
+    assert np.array_equal(2 * local_h.counts["data"], h.counts["data"])
+
+
+def test_bad_configs_are_refused_before_running(tmp_path):
+    import torch
+
+    import hepray
+    from hepray.config import load_job
+    from hepray.errors import ConfigError
+    from hepray.models import build_model
+    from hepray.models.artifact import save_metadata
+
+    with pytest.raises(ConfigError, match="needs type: vae"):
+        load_job({"kind": "train_anomaly", "dataset": {"files": "x.root"}, "features": ["a"],
+                                "model": {"type": "autoencoder", "score": "kl"}})
+    mlp = build_model({"name": "mlp", "n_inputs": 2, "hidden": [4], "n_outputs": 1})
+    torch.save(mlp.state_dict(), tmp_path / "model.pt")
+    save_metadata(tmp_path, {"type": "torch", "file": "model.pt", "features": ["a", "b"], "task": "binary",
+                             "architecture": mlp.arch})
+    with pytest.raises(ConfigError, match="not an anomaly model"):
+        hepray.run({"kind": "anomaly_scan", "dataset": {"files": "x.root"}, "model": {"path": str(tmp_path)},
+                    "output": {"dir": str(tmp_path / "out")}}, quiet=True)

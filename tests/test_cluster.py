@@ -1,0 +1,321 @@
+"""Cluster ways in: configs that `ray up`/KubeRay take, a real `ray job submit` to a real Ray
+head (token auth, outputs on S3), and parts on object stores with the same exactly-once rules.
+
+The head is started with `ray start --head --block` in its own process group and stopped by
+signalling that process only: `ray stop` would stop every Ray instance of this user on the
+machine, other test sessions' included.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uproot
+import yaml
+
+import hepray
+from hepray.io.parts import COMMITTED, StorePath, as_path, committed, write_part
+
+from .conftest import infer_job
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+
+
+# -- configs ------------------------------------------------------------------------------------
+
+RAYJOB_SPEC = {"entrypoint", "runtimeEnvYAML", "submissionMode", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished",
+               "activeDeadlineSeconds", "rayClusterSpec", "clusterSelector", "submitterPodTemplate", "submitterConfig",
+               "suspend", "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "metadata",
+               "backoffLimit", "deletionStrategy", "managedBy"}
+RAYCLUSTER_SPEC = {"rayVersion", "authOptions", "enableInTreeAutoscaling", "autoscalerOptions", "headGroupSpec",
+                   "workerGroupSpecs", "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions",
+                   "upgradeStrategy"}
+
+
+def test_ray_up_configs_pass_the_checks_ray_up_makes():
+    """`ray up` fills a config with its provider's defaults and validates it against Ray's
+    schema before touching any machine: the same two calls here."""
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    for name in ("ray-cluster.yaml", "ray-cluster-aws.yaml"):
+        cfg = yaml.safe_load((CLUSTER / name).read_text())
+        validate_config(prepare_config(copy.deepcopy(cfg)))
+        start = " ".join(cfg["head_start_ray_commands"])
+        assert "RAY_AUTH_MODE=token" in start and "--dashboard-host=127.0.0.1" in start, name
+        assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_runtime_env_is_one_ray_accepts():
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    RuntimeEnv(**env)
+    assert env["working_dir"] == "." and any(p.startswith("s3fs") for p in env["pip"]["packages"])
+
+
+def _entrypoint_job(entrypoint: str):
+    """The job a `hepray run <file> --set k=v ...` entrypoint would run, validated as the CLI does."""
+    from hepray.cli import _overrides
+
+    words = entrypoint.split()
+    assert words[:2] == ["hepray", "run"]
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    return hepray.load_job(str(ROOT / words[2]), overrides=_overrides(sets))
+
+
+def test_kuberay_manifests_use_current_api_and_a_valid_hepray_job():
+    import ray
+
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert set(job["spec"]) <= RAYJOB_SPEC, set(job["spec"]) - RAYJOB_SPEC
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        assert set(spec) <= RAYCLUSTER_SPEC, set(spec) - RAYCLUSTER_SPEC
+        assert spec["rayVersion"] == ray.__version__ and spec["authOptions"] == {"mode": "token"}
+        pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+        for c in (c for p in pods for c in p["template"]["spec"]["containers"]):
+            assert c["image"] == pods[0]["template"]["spec"]["containers"][0]["image"]
+        assert all(isinstance(v, str) for p in pods for v in p["rayStartParams"].values())  # a map of strings
+    cfg = _entrypoint_job(job["spec"]["entrypoint"])
+    assert cfg.kind == "infer" and cfg.output.dir.startswith("s3://")
+    yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    docker = (CLUSTER / "Dockerfile").read_text()
+    assert f"rayproject/ray:{ray.__version__}-" in docker
+
+
+# -- parts on object stores ------------------------------------------------------------------
+
+def _shard(i: int = 0):
+    return hepray.Shard("in.root", "Events", 1000 * i, 1000 * (i + 1))
+
+
+def test_part_on_a_store_counts_only_with_its_marker_and_is_overwritten(tmp_path):
+    cols = {"x": np.arange(1000, dtype=np.float32)}
+    kw = dict(fmt="root", tree="t", compression="zstd")
+    for url in (f"memory://hepray-test-{secrets.token_hex(4)}/parts", str(tmp_path / "parts")):
+        d, s = as_path(url), _shard()
+        assert isinstance(d, StorePath if url.startswith("memory") else Path)
+        d.mkdir()
+        # an interrupted write on a store: the part is there under its final name, no marker
+        (d / f"part_{s.shard_id}.root").write_bytes(b"half a file")
+        assert committed(d, s.shard_id) is None
+        part = write_part(d, s, cols, result={"n_in": 1000}, **kw)
+        rec = committed(d, s.shard_id)
+        assert rec["part"] == part.name and rec["bytes_written"] == part.stat().st_size
+        assert uproot.open(io.BytesIO(part.read_bytes()))["t"].arrays(library="np")["x"].sum() == cols["x"].sum()
+        # a later rewrite of the same name that did not finish: the marker no longer vouches for it
+        part.write_bytes(b"torn")
+        assert committed(d, s.shard_id) is None
+        write_part(d, s, cols, result={"n_in": 1000}, **kw)  # resume: overwritten, one part, one marker
+        assert committed(d, s.shard_id) is not None
+        assert [p.name for p in d.glob("*.root")] == [part.name] and len(list(d.glob(f"{COMMITTED}/*.json"))) == 1
+        assert not [p for p in d.glob(".*")]  # no temporary files left behind
+
+
+def test_actor_body_writes_to_a_store(toy):
+    """ShardWorker.run (what each Ray actor runs), in this process against memory://."""
+    from hepray.engine.executor import ShardWorker
+    from hepray.models.predict import ModelBundle
+    from hepray.workloads.infer import InferProcessor
+
+    job = hepray.load_job(infer_job(toy, "unused"))
+    shard = hepray.plan(job)["shards"][0]
+    proc = InferProcessor(ModelBundle.read(toy["model"]), job.dataset, ["f0", "f1", "f2", "f3"], "score", [], 10**6)
+    url = f"memory://hepray-test-{secrets.token_hex(4)}/run/parts"
+    res = ShardWorker(proc, url, "root", "hepray", "zstd", 1).run(shard.to_dict())
+    assert res["status"] == "ok" and res["n_out"] == shard.num_entries
+    assert res == committed(url, shard.shard_id)
+
+
+def test_job_with_a_file_url_output(ray_session, toy, tmp_path):
+    s = hepray.run(infer_job(toy, f"file://{tmp_path}/run"), quiet=True)
+    assert s["events_in"] == s["events_out"] == 40_000 and s["run_dir"] == str(tmp_path / "run")
+    assert len(list((tmp_path / "run" / "parts" / COMMITTED).glob("*.json"))) == 8
+
+
+# -- a real Ray head and the Jobs API -----------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, token: str, proc: subprocess.Popen, timeout: float) -> None:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=5):
+                return
+        except (urllib.error.URLError, OSError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray head did not come up (exit code {proc.poll()})") from None
+            time.sleep(1)
+
+
+def _status(url: str, headers: dict | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class Head:
+    """`ray start --head --block` on this machine with its own ports, temp dir and token."""
+
+    def __init__(self, env: dict, log: Path):
+        self.tmp = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+        self.gcs, self.dash = _free_port(), _free_port()
+        ports = {f"--{k}": str(_free_port()) for k in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                         "runtime-env-agent-port", "metrics-export-port",
+                                                         "object-manager-port", "node-manager-port")}
+        self.cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs),
+                    "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash),
+                    "--num-cpus", "2", "--temp-dir", self.tmp, "--disable-usage-stats",
+                    *[x for kv in ports.items() for x in kv]]
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.dash}"
+
+    def stop(self) -> None:
+        """Stop this head only: SIGTERM to its `ray start` (it drains and ends its children),
+        then anything still running with this head's temp dir in its command line."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        for pid in _pids_mentioning(self.tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text.encode() in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture()
+def s3():
+    """A local S3 endpoint (moto) when s3fs and moto are installed, else None (a local dir is used)."""
+    try:
+        import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield None
+        return
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    import fsspec
+
+    fs = fsspec.filesystem("s3", key="testing", secret="testing", endpoint_url=env["AWS_ENDPOINT_URL"],
+                           skip_instance_cache=True)
+    fs.mkdir("hepray-test")
+    yield {"env": env, "fs": fs, "bucket": "hepray-test"}
+    server.stop()
+
+
+@pytest.mark.cluster
+def test_ray_job_submit_to_a_real_head(toy, tmp_path, s3):
+    """The Jobs API end to end: a head on loopback with token auth, `ray job submit --working-dir`
+    of `hepray run`, the driver joining that head by itself, parts written by its actors to S3."""
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
+               **(s3["env"] if s3 else {}))
+    out = f"s3://{s3['bucket']}/infer" if s3 else str(tmp_path / "out")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "job.yaml").write_text(yaml.safe_dump(infer_job(toy, out)))
+    head = Head(env, tmp_path / "head.log")
+    try:
+        _wait_http(f"{head.url}/api/version", token, head.proc, timeout=180)
+        # the Jobs API refuses a caller without the token
+        assert _status(f"{head.url}/api/jobs/") == 401
+        assert _status(f"{head.url}/api/jobs/", {"Authorization": f"Bearer {token}"}) == 200
+        r = subprocess.run(["ray", "job", "submit", "--address", head.url, "--working-dir", str(wd),
+                            "--", "hepray", "run", "job.yaml"], env=env, capture_output=True, text=True, timeout=400)
+        log = r.stdout + r.stderr
+        assert r.returncode == 0 and "succeeded" in log, log[-3000:]
+        assert re.search(r"done: events_in=40000, events_out=40000", log), log[-3000:]
+    finally:
+        head.stop()
+    assert not _pids_mentioning(head.tmp)
+    if s3 is None:
+        run = Path(out)
+        summary = json.loads((run / "summary.json").read_text())
+        manifest = json.loads((run / "parts" / "_manifest.json").read_text())
+        parts = [(run / "parts" / p["part"]).read_bytes() for p in manifest["parts"]]
+    else:
+        fs, base = s3["fs"], f"{s3['bucket']}/infer"
+        summary = json.loads(fs.cat(f"{base}/summary.json"))
+        manifest = json.loads(fs.cat(f"{base}/parts/_manifest.json"))
+        assert len(fs.glob(f"{base}/parts/{COMMITTED}/*.json")) == 8
+        parts = [fs.cat(f"{base}/parts/{p['part']}") for p in manifest["parts"]]
+    assert summary["events_in"] == summary["events_out"] == 40_000 and summary["run_dir"] == out
+    assert len(parts) == 8
+    events = np.concatenate([uproot.open(io.BytesIO(b))["hepray"]["event"].array(library="np") for b in parts])
+    assert len(events) == len(np.unique(events)) == 40_000
+
+
+# -- the docs ------------------------------------------------------------------------------------
+
+def _blocks(doc: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)
+
+
+def test_cluster_docs_rehearsal_uses_the_tested_commands():
+    """docs/cluster.md's one-machine rehearsal starts the head and submits as the test above does."""
+    text = "\n".join(_blocks("cluster.md", "bash"))
+    for flag in ("ray start --head", "--dashboard-host 127.0.0.1", "--num-cpus 2", "--temp-dir",
+                 "RAY_AUTH_MODE=token", "ray job submit --address http://127.0.0.1:", "--working-dir",
+                 "-- hepray run"):
+        assert flag in text, flag
+
+
+def test_local_docs_example_runs(ray_session, toy, tmp_path, monkeypatch):
+    """docs/local.md's Python example, as written (our own file, not user input)."""
+    monkeypatch.chdir(tmp_path)
+    code = "\n".join(_blocks("local.md", "python"))
+    scope: dict = {}
+    exec(compile(code, "docs/local.md", "exec"), scope)
+    assert scope["summary"]["events_in"] == scope["summary"]["events_out"] > 0
