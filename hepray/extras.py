@@ -16,6 +16,10 @@ _EXTRA = {
     "dask": "dask",
     "dask_awkward": "dask",
     "distributed": "dask",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "s3fs": "s3",
 }
 
 
