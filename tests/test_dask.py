@@ -102,3 +102,47 @@ def test_docs_examples_run(tmp_path):
     auc = float(re.search(r"test AUC: ([0-9.]+)", r.stdout).group(1))
     assert auc > 0.8, r.stdout  # the toy classes are separated by 0.8 sigma in every feature
     assert len(list((tmp_path / "runs" / "dask_bdt" / "input").glob("part-*.root"))) == 8
+
+
+def _torch_model(d: Path, net, meta: dict) -> str:
+    """A torch model folder as hepray's training workloads write it (weights + architecture)."""
+    import torch
+
+    from hepray.models.artifact import save_metadata
+
+    d.mkdir(parents=True)
+    torch.save(net.state_dict(), d / "model.pt")
+    save_metadata(d, {"type": "torch", "file": "model.pt", "features": FEATURES, "architecture": net.arch, **meta})
+    return str(d)
+
+
+def test_score_torch_classifier_and_anomaly_models(client, frame, tmp_path):
+    """A torch classifier (as train_classifier writes) and an autoencoder (as train_anomaly writes):
+    the scores equal what the same model gives in-process (`kind: infer`'s and the anomaly scan's
+    predictors). A GNN on constituents is refused in one line."""
+    torch = pytest.importorskip("torch")
+    from hepray.anomaly.scoring import Scorer
+    from hepray.models.autoencoder import AutoEncoder
+    from hepray.models.mlp import MLP
+    from hepray.models.predict import ModelBundle
+
+    df, _ = frame
+    X = df[FEATURES].to_numpy(np.float32)
+    ddf = dd.from_pandas(df, npartitions=4)
+    torch.manual_seed(1)
+    pre = {"preprocessing": {"mean": [0.4] * 4, "scale": [1.2] * 4}}
+    clf = _torch_model(tmp_path / "clf", MLP(4, [8], 1), {"classes": ["signal"], "task": "binary", **pre})
+    ae = _torch_model(tmp_path / "ae", AutoEncoder(4, [8], 2), {"classes": [], "task": "anomaly", **pre,
+                                                                  "anomaly": {"score": "recon"}})
+    got = hepray.dask.score(ddf, clf, append=False, output="nn").compute()
+    want = ModelBundle.read(clf).load(1)(X)[:, 0]
+    np.testing.assert_allclose(got["nn"].to_numpy(), want, rtol=1e-5)
+    assert 0 < want.min() < want.max() < 1
+    got = hepray.dask.score(ddf, ae, append=False, output="anomaly").compute()
+    bundle = ModelBundle.read(ae)
+    want = Scorer.from_bundle(bundle.meta, bundle.raw)(X)[0]
+    np.testing.assert_allclose(got["anomaly"].to_numpy(), want, rtol=1e-5)
+    assert (want > 0).all()  # a reconstruction error, not a sigmoid of the decoder's output
+    gnn = ModelBundle("gnn/model.pt", {"type": "torch", "features": None, "inputs": {"arguments": ["points"]}}, b"")
+    with pytest.raises(ConfigError, match="GNN on jet constituents.*use kind: infer"):
+        hepray.dask.score(ddf, gnn)

@@ -50,6 +50,9 @@ class Model:
         if isinstance(model, Model):
             return model
         bundle = model if isinstance(model, ModelBundle) else ModelBundle.read(model)
+        if (bundle.meta.get("inputs") or {}).get("arguments"):
+            raise ConfigError("hepray.dask", "model", f"{bundle.path}: a GNN on jet constituents; hepray.dask "
+                              "scores flat-feature models (BDT, classifier, anomaly): use kind: infer for GNNs")
         feats = list(features or bundle.features or [])
         if not feats:
             raise ConfigError("hepray.dask", "features", "the model stores no feature list: pass features=[...]")
@@ -63,7 +66,7 @@ class Model:
         with _lock:
             fn = _loaded.get(k)
             if fn is None:
-                fn = _loaded[k] = self.bundle.load(self.nthread)
+                fn = _loaded[k] = _load(self.bundle, self.nthread)
                 _loads += 1
                 while len(_loaded) > _CACHE_SIZE:
                     _loaded.popitem(last=False)
@@ -76,6 +79,17 @@ class Model:
         if not len(X):
             return np.zeros((0, len(self.names)), np.float32)
         return self.predictor()(X)
+
+
+def _load(bundle: ModelBundle, nthread: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict(X) -> float32[n, K]``: the bundle's own predictor, or for an anomaly model
+    (``task: anomaly``) its per-event anomaly score, as ``kind: anomaly_scan`` computes it."""
+    if bundle.meta.get("task") != "anomaly":
+        return bundle.load(nthread)
+    from ..anomaly.scoring import Scorer
+
+    scorer = Scorer.from_bundle(bundle.meta, bundle.raw, nthread)
+    return lambda X: np.asarray(scorer(X)[0], np.float32).reshape(len(X), 1)
 
 
 # -- dask.dataframe ------------------------------------------------------------------------------
