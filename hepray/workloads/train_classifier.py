@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -120,7 +121,7 @@ class TrainClassifierConfig(TrainJob):
     mode: Literal["auto", "direct", "ray_train"] = "auto"
     num_workers: int | None = Field(None, gt=0)  # ray_train; default: cluster CPUs / engine.cpus_per_worker
     use_gpu: bool = False
-    threads: int | None = Field(None, gt=0)  # torch threads in direct mode; default: the cluster's CPUs
+    threads: int | None = Field(None, gt=0)  # torch threads per process; default: engine.cpus_per_worker
     # auto: Ray Train when events x epochs exceed this (measured break-even, docs/classifier.md)
     auto_ray_train_work: int = Field(20_000_000, gt=0)
     adversarial: AdversarialSpec | None = None
@@ -312,12 +313,14 @@ class TrainClassifier(Workload):
         mode = choose_mode(job.mode, events=n_train, epochs=job.training.epochs, workers=workers,
                            use_gpu=job.use_gpu, nodes=len([n for n in ray.nodes() if n.get("Alive")]),
                            threshold=job.auto_ray_train_work)
-        setup = {"job": job, "rows": rows, "shards": [s.to_dict() for s in shards], "groups": [s.sample for s in shards],
+        setup = {"job": job, "rows": rows, "shards": [_absolute(s) for s in shards], "groups": [s.sample for s in shards],
                  "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
                  "n_outputs": 1 if task == "binary" else n_classes,
                  "alpha": job.adversarial.alpha if job.adversarial else 0.0,
                  "lam": job.systematic_loss.lam if job.systematic_loss else 0.0,
-                 "threads": max(1, int(job.engine.cpus_per_worker))}
+                 # one Ray Train worker's share; direct mode too unless `threads:` (small MLPs lose
+                 # with more intra-op threads: measured 1.5k vs 150k events/s, 2 vs 1, loaded 2 cores)
+                 "threads": job.threads or max(1, int(job.engine.cpus_per_worker))}
         ctx.log(f"mode: {mode}" + (f" ({workers} Ray Train workers)" if mode == "ray_train" else ""))
         seconds = {"statistics": round(time.perf_counter() - t0, 2)}
         lap = time.perf_counter()
@@ -392,7 +395,7 @@ class TrainClassifier(Workload):
             if not ctx.resume:
                 store.clear()
             threads = torch.get_num_threads()
-            torch.set_num_threads(job.threads or max(1, int(__import__("ray").cluster_resources().get("CPU", 1))))
+            torch.set_num_threads(setup["threads"])
             try:
                 model, res = train_process(setup, store, log=lambda m: ctx.log(f"[{tag}] {m}"))
             finally:
@@ -466,6 +469,15 @@ class TrainClassifier(Workload):
             "exports": {k: v.get("file") for k, v in result.get("export", {}).items()},
             "dataset_fingerprint": fingerprint, "samples": samples,
         })
+
+
+def _absolute(shard: Shard) -> dict:
+    """The shard as a dict with a local file path made absolute: Ray Train workers run in their
+    own working directory, where a path relative to the driver's would not be found."""
+    d = shard.to_dict()
+    if d.get("file") and "://" not in d["file"]:
+        d["file"] = str(Path(d["file"]).resolve())
+    return d
 
 
 def _at_best(fit_info: dict, key: str):
