@@ -8,7 +8,9 @@ Steps:
    the epochs when they fit ``training.cache_mb``, otherwise re-read shard by shard each epoch
    (shard order and events within a shard shuffled) - bounded memory either way;
 2. mini-batch Adam on the model's own loss, early stopping on the validation split (by the
-   identity hash ``SPLIT``, never by file order), best epoch kept;
+   identity hash ``SPLIT``, never by file order), best epoch kept. Deterministic: shards in a
+   fixed order, weights, batch order and VAE noise seeded from ``seed``, torch on
+   ``training.threads`` (default 1) threads - the same job gives the same ``model.pt`` bytes;
 3. the reference table: the held-out events (validation + test, which the weights never saw)
    are scored and their score quantiles and per-feature error moments stored in the artifact,
    so a scan can turn scores into tail probabilities and thresholds without the reference data.
@@ -145,8 +147,8 @@ def fit(model, stream: ReferenceStream, spec: FitSpec, seed: int, log) -> tuple[
     history and the best epoch, whose weights the model holds on return."""
     import torch
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # the VAE's sampling noise
+    rng = np.random.default_rng(seed)  # the batch order
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     best, best_epoch, best_state, history, bad = np.inf, 0, None, [], 0
     for epoch in range(1, spec.epochs + 1):
@@ -205,7 +207,10 @@ class TrainAnomaly(Workload):
         plan = ctx.plan(job.dataset, extra=list(job.features))
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")
         t0 = time.perf_counter()
-        stream = ReferenceStream(list(plan), job, ctx.log)
+        # a fixed order of shards (hence of cached events and batches), whatever the planner's
+        shards = sorted(plan, key=lambda s: (s.sample or "", s.file or "", s.entry_start))
+        stream = ReferenceStream(shards, job, ctx.log)
+        torch.manual_seed(job.seed)  # before the weights are initialised: same seed, same model
         model = build_model(job.model.arch(len(job.features)))
         history, best_epoch = fit(model, stream, job.training, job.seed, ctx.log)
         fit_s = time.perf_counter() - t0
