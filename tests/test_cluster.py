@@ -110,12 +110,18 @@ def _shard(i: int = 0):
     return hepray.Shard("in.root", "Events", 1000 * i, 1000 * (i + 1))
 
 
-def test_part_on_a_store_counts_only_with_its_marker_and_is_overwritten(tmp_path):
+def test_part_on_a_store_counts_only_with_its_marker_and_is_overwritten(tmp_path, s3, monkeypatch):
+    """The same exactly-once rules on S3 (moto's server), memory:// and a local directory."""
     cols = {"x": np.arange(1000, dtype=np.float32)}
     kw = dict(fmt="root", tree="t", compression="zstd")
-    for url in (f"memory://hepray-test-{secrets.token_hex(4)}/parts", str(tmp_path / "parts")):
+    urls = [f"memory://hepray-test-{secrets.token_hex(4)}/parts", str(tmp_path / "parts")]
+    if s3:
+        for k, v in s3["env"].items():
+            monkeypatch.setenv(k, v)  # what a node's environment gives s3fs: credentials, endpoint
+        urls.append(f"s3://{s3['bucket']}/store-test/parts")
+    for url in urls:
         d, s = as_path(url), _shard()
-        assert isinstance(d, StorePath if url.startswith("memory") else Path)
+        assert isinstance(d, Path if url.startswith("/") else StorePath)
         d.mkdir()
         # an interrupted write on a store: the part is there under its final name, no marker
         (d / f"part_{s.shard_id}.root").write_bytes(b"half a file")
@@ -131,6 +137,8 @@ def test_part_on_a_store_counts_only_with_its_marker_and_is_overwritten(tmp_path
         assert committed(d, s.shard_id) is not None
         assert [p.name for p in d.glob("*.root")] == [part.name] and len(list(d.glob(f"{COMMITTED}/*.json"))) == 1
         assert not [p for p in d.glob(".*")]  # no temporary files left behind
+    if s3:  # seen from another client of the same S3 endpoint
+        assert len(s3["fs"].glob(f"{s3['bucket']}/store-test/parts/{COMMITTED}/*.json")) == 1
 
 
 def test_actor_body_writes_to_a_store(toy):
