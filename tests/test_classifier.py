@@ -208,6 +208,7 @@ def test_killed_training_resumes_to_same_metrics(ray_session, tmp_path):
     s = hepray.run(job, resume=True, quiet=True)
     t = metrics(tmp_path / "run")["training"]
     assert t["resumed_at"] == [done] and t["epochs_done"] == 30
+    print(json.dumps({"killed_after_epoch": done, "auc": s["auc"], "auc_uninterrupted": ref["auc"]}))
     assert abs(s["auc"] - ref["auc"]) < 1e-3  # measured: identical
     ref_t = metrics(tmp_path / "ref")["training"]
     assert t["history"][-1]["val_loss"] == pytest.approx(ref_t["history"][-1]["val_loss"], abs=1e-3)
@@ -223,26 +224,27 @@ def test_adnn_hides_the_signal_domain(ray_session, tmp_path):
     ref = a["reference"]
     print(json.dumps({k: a.get(k) for k in ("auc", "adversary_accuracy", "probe_accuracy", "chance", "ks_domains_max")}),
           json.dumps({k: ref.get(k) for k in ("auc", "adversary_accuracy", "probe_accuracy", "ks_domains_max")}))
-    assert ref["adversary_accuracy"] > a["adversary_accuracy"]
+    # co-trained adversary: measured 0.660 (chance 0.674) vs 0.904 at alpha = 0
     assert a["adversary_accuracy"] - a["chance"] < 0.5 * (ref["adversary_accuracy"] - a["chance"])
-    assert a["ks_domains_max"] < 0.7 * ref["ks_domains_max"]
-    assert a["auc"] > ref["auc"] - 0.1  # the cost in AUC
+    assert a["ks_domains_max"] < 0.7 * ref["ks_domains_max"]  # measured 0.26 vs 0.49
+    assert a["auc"] > ref["auc"] - 0.06  # the cost: measured 0.918 vs 0.949
     assert (tmp_path / "plots" / "scores_per_domain.png").stat().st_size > 5000
 
 
-# -- systematic-aware: JES +- 5% on pt and mass --------------------------------------------------
+# -- systematic-aware: JES +- 10% on pt and mass ------------------------------------------------
 def test_systematic_aware_training_shrinks_the_shift(ray_session, tmp_path):
-    job = clf_job(tmp_path, training={"epochs": 15},
-                  systematics=[{"name": "jes", "scale": {"reco_pt": 0.05, "reco_mass": 0.05}}],
-                  systematic_loss={"lambda": 20.0})
+    job = clf_job(tmp_path, training={"epochs": 20, "batch_size": 512},
+                  systematics=[{"name": "jes", "scale": {"reco_pt": 0.1, "reco_mass": 0.1}}],
+                  systematic_loss={"lambda": 30.0})
     hepray.run(job, quiet=True)
     sy = metrics(tmp_path)["systematics"]
     ref = sy["reference"]
     print(json.dumps({"lambda": sy["lambda"], "auc": sy["auc"], "mean_ks": sy["mean_ks"]}),
           json.dumps({"auc": ref["auc"], "mean_ks": ref["mean_ks"]}))
-    assert sy["mean_ks"] < 0.7 * ref["mean_ks"]
-    assert sy["auc"] > ref["auc"] - 0.1
+    assert sy["mean_ks"] < 0.7 * ref["mean_ks"]  # measured 0.044 vs 0.093 at lambda = 0
+    assert sy["auc"] > ref["auc"] - 0.03  # the cost: measured 0.947 vs 0.959
     assert (tmp_path / "plots" / "systematic_jes.png").stat().st_size > 5000
+    assert (tmp_path / "plots" / "systematic_jes_lambda0.png").stat().st_size > 5000
 
 
 def test_bad_adnn_domain_is_one_line(tmp_path):
