@@ -260,6 +260,24 @@ def test_training_is_deterministic(vae, tmp_path_factory):
     assert again["best_epoch"] == vae["best_epoch"]
 
 
+def test_plain_autoencoder_streamed_per_epoch(ray_session, tmp_path):
+    """cache_mb: 0 re-reads the reference shard by shard every epoch (bounded memory); a plain
+    autoencoder trained so still learns the reference: its held-out reconstruction error is far
+    below the ~1 per feature of an untrained network on standardised inputs."""
+    import hepray
+
+    s = hepray.run({
+        "kind": "train_anomaly", "name": "t_ae", "seed": 2,
+        "dataset": {"files": str(DATA / "reference" / "parts" / "*.root"), "tree": "jets", "shard_events": 500},
+        "features": FEATURES, "model": {"type": "autoencoder"},
+        "training": {"batch_size": 64, "epochs": 30, "cache_mb": 0},
+        "output": {"dir": str(tmp_path / "ae")}, "engine": ENGINE,
+    }, overwrite=True, quiet=True)
+    assert s["n_train"] + s["n_reference_heldout"] == 2000 and s["dropped_non_finite"] == 0
+    assert s["validation_loss"] < 0.4, s["validation_loss"]  # measured 0.173
+    assert float(s["reference_quantiles"]["0.5"]) < 0.4  # median held-out score; measured 0.12
+
+
 def test_event_level_search_finds_unseen_signal(vae_kl, tmp_path):
     import hepray
 
