@@ -84,7 +84,7 @@ def mlp_vs_bdt(d: Path) -> dict:
     assert mb["n_test"] == mc["n_test"], "not the same test events"
     res = {"n_test": mc["n_test"], "auc_mlp": round(mc["auc"], 4), "auc_bdt": round(mb["auc"], 4),
            "auc_difference_mlp_minus_bdt": round(mc["auc"] - mb["auc"], 4),
-           "rejection_at_50_mlp": round(mc["rejection_at_50"], 1), "rejection_at_50_bdt": round(mb["rejection_at_50"], 1),
+           "rejection_at_50_mlp": mc.get("rejection_at_50"), "rejection_at_50_bdt": mb.get("rejection_at_50"),
            "job_wall_s_mlp": round(wc, 1), "job_wall_s_bdt": round(wb, 1)}
     print(f"top vs QCD on {res['n_test']} test jets: MLP AUC {res['auc_mlp']:.4f} vs BDT {res['auc_bdt']:.4f} "
           f"(difference {res['auc_difference_mlp_minus_bdt']:+.4f})", flush=True)
