@@ -258,8 +258,9 @@ def s3():
 
     fs = fsspec.filesystem("s3", key="testing", secret="testing", endpoint_url=env["AWS_ENDPOINT_URL"],
                            skip_instance_cache=True)
-    fs.mkdir("hepray-test")
-    yield {"env": env, "fs": fs, "bucket": "hepray-test"}
+    bucket = f"hepray-test-{secrets.token_hex(4)}"  # moto's state is per process, not per server
+    fs.mkdir(bucket)
+    yield {"env": env, "fs": fs, "bucket": bucket}
     server.stop()
 
 
