@@ -285,6 +285,42 @@ def workload_processor(workload, bundle, seed: int):
     return proc
 
 
+# ---------------------------------------------------------------- generator-level events made on the fly
+def test_flashsim_on_the_fly_from_a_generate_job(trained, tmp_path):
+    """``generate:`` instead of ``dataset:``: Pythia 8 + FastJet jets made in each shard (no
+    detector), then the pipeline. The generator-level columns equal those ``kind: generate``
+    writes for the same job (same seeds, event numbers, lumisections, faults); the detector-level
+    ones carry the full simulation's names."""
+    gen = {"kind": "generate", "name": "g", "seed": 4, "plots": False, "output": {"dir": str(tmp_path / "full")},
+           "generator": {"jets_per_shard": 6, "events_per_lumi": 5}, "jets": {"max_constituents": 1},
+           "processes": [{"name": "qcd", "kind": "qcd", "n_jets": 12}],
+           "faults": [{"type": "dead_region", "lumis": [1], "eta": [-1.0, 1.0], "phi": [-1.0, 0.5]}],
+           "engine": {"workers": 2, "progress_every_s": 60}}
+    s = hepray.run({"kind": "flashsim", "name": "otf", "seed": 11, "model": str(trained[0] / "model"), "generate": gen,
+                    "output": {"dir": str(tmp_path / "flash")}, "engine": {"workers": 2, "progress_every_s": 60}},
+                   quiet=True)
+    assert s["events_out"] == 12 and s["shards"] == 2 and s["shards_failed"] == 0 and s["generation"]
+    full_run = hepray.run(gen, quiet=True)
+    assert full_run["events_out"] == 12
+    flash = uproot.concatenate(str(tmp_path / "flash" / "parts" / "*.root") + ":jets", library="np")
+    full = uproot.concatenate(str(tmp_path / "full" / "parts" / "*.root") + ":jets", library="np")
+    reco = {k for k in full if k.startswith("reco_")}
+    assert {k for k in flash if k.startswith("reco_")} == reco
+    order_flash, order_full = np.argsort(flash["event"] * 4 + flash["jet_rank"]), np.argsort(full["event"] * 4 + full["jet_rank"])
+    for k in [c for c in full if c.startswith("gen_")] + ["run", "luminosityBlock", "event", "fault", "label"]:
+        np.testing.assert_array_equal(flash[k][order_flash], full[k][order_full], err_msg=k)
+    assert (flash["fault"] == 1).any() == (full["fault"] == 1).any()
+    ok = flash["reco_ok"]
+    assert ok.mean() > 0.8 and np.all(np.abs(flash["reco_pt"][ok] / flash["gen_pt"][ok] - 1) < 0.5)
+
+
+def test_flashsim_needs_exactly_one_source(tmp_path):
+    base = {"kind": "flashsim", "model": "m", "output": {"dir": str(tmp_path)}}
+    for extra in ({}, {"dataset": {"files": "x.root"}, "generate": "jobs/generate.yaml"}):
+        with pytest.raises(ConfigError, match="exactly one of dataset"):
+            hepray.config.load_job({**base, **extra})
+
+
 # ---------------------------------------------------------------- GAN parameterization
 def test_gan_parameterization_trains_generates_and_exports(ray_session, tmp_path):
     job = train_job(tmp_path / "gan", pipeline={**pipeline("gan"), "efficiency": None},

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import DatasetSpec, JobConfig, Spec
 from ..data.loading import SPLIT, load_columns
@@ -67,12 +67,19 @@ class TrainFlashSimConfig(JobConfig):
 class FlashSimConfig(JobConfig):
     default_tree = "jets"  # the full simulation's tree: downstream jobs read either unchanged
 
-    dataset: DatasetSpec
+    dataset: DatasetSpec | None = None  # generator-level input files ...
+    generate: str | dict | None = None  # ... or a `kind: generate` job (path or mapping): jets made on the fly
     model: str  # a train_flashsim model folder
     keep: list[str] | None = None  # input columns copied to the output; default: the pipeline's passthrough
     batch_size: int = Field(65536, gt=0)
     validation: ValidationSpec = ValidationSpec()
     downstream: DownstreamSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.dataset is None) == (self.generate is None):
+            raise ValueError("give exactly one of dataset: (generator-level files) or generate: (a generate job)")
+        return self
 
 
 # -- shared helpers ------------------------------------------------------------------------------
@@ -322,13 +329,69 @@ class FlashSimProcessor(ShardProcessor):
 
     def process(self, shard) -> PartData:
         from ..data.reading import read_shard
-        from ..flashsim.pipeline import stream_seed
 
         cols, n_in = read_shard(shard, self.dataset, extra=self.pipeline.inputs() + self.keep)
+        return self.simulate(shard, cols, n_in)
+
+    def simulate(self, shard, cols: dict, n_in: int) -> PartData:
+        from ..flashsim.pipeline import stream_seed
+
         made = self.pipeline.generate(cols, stream_seed(self.seed, shard.shard_id), self.batch_size)
         out = {**{k: cols[k] for k in self.keep}, **made}
         order = {c: i for i, c in enumerate(self.bundle.manifest.get("branch_order", []))}
         return PartData({k: out[k] for k in sorted(out, key=lambda c: order.get(c, len(order)))}, n_in)
+
+
+class OnTheFlyProcessor(FlashSimProcessor):
+    """Generator-level jets made in the shard (Pythia 8 + FastJet of a ``generate`` job, no
+    detector), then the pipeline: the flash counterpart of ``kind: generate``."""
+
+    def __init__(self, bundle, gen_job, keep: list[str], seed: int, batch_size: int):
+        super().__init__(bundle, None, keep, seed, batch_size)
+        self.gen_job = gen_job
+
+    def setup(self, num_cpus: int) -> None:
+        from .generate import GenerateProcessor
+
+        GenerateProcessor(self.gen_job, None).setup(num_cpus)
+        super().setup(num_cpus)
+
+    def process(self, shard) -> PartData:
+        from ..data.expressions import Expression
+
+        cols, n_events = generator_level(self.gen_job, shard)
+        for name, text in self.pipeline.expressions.items():  # e.g. fault flags from `fault`
+            cols[name] = np.asarray(Expression(text, field=f"expressions.{name}").evaluate(cols))
+        return self.simulate(shard, cols, n_events)
+
+
+def generator_level(gen_job, shard) -> tuple[dict, int]:
+    """The generator-level and identity columns a ``generate`` shard would write (same seeds,
+    event numbers, lumisections and fault codes), without the detector; and the events generated."""
+    from ..generate import faults as F
+    from ..generate.jets import round_mantissa
+    from ..generate.producer import ShardTask, _jet_features, generate_jets
+    from .generate import _jets_per_shard
+
+    gen, js = gen_job.generator, gen_job.jets
+    proc = next(p for p in gen_job.processes if p.name == shard.sample)
+    per = _jets_per_shard(gen_job, proc)
+    k = shard.entry_start // gen.events_stride
+    g = generate_jets(gen_job, ShardTask(proc, k, int(shard.seed), min(per, proc.n_jets - k * per), shard.entry_start))
+    c = g.const
+    gj = _jet_features(c["px"], c["py"], c["pz"], c["e"], g.offsets, None, js.radius)
+    lumi = g.event // gen.events_per_lumi
+    out = {
+        "run": np.full(g.n_jets, gen.run, np.int32), "luminosityBlock": lumi.astype(np.int32),
+        "event": g.event.astype(np.int64), "jet_rank": g.rank.astype(np.int32),
+        "process": np.full(g.n_jets, proc.code, np.int32), "label": np.full(g.n_jets, proc.label_value, np.int32),
+        "truth_dr": round_mantissa(g.truth_dr, js.mantissa_bits),
+        "fault": F.fault_codes(F.lumi_fault_index(lumi, gen_job.faults), gen_job.faults),
+    }
+    for name in ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32"):
+        out[f"gen_{name}"] = round_mantissa(gj[name], js.mantissa_bits)
+    out["gen_nconst"] = gj["nconst"].astype(np.int32)
+    return out, g.n_events
 
 
 @register("flashsim")
@@ -350,10 +413,22 @@ class FlashSim(Workload):
     def columns(self) -> list[str]:
         return self.bundle().load().inputs()
 
+    def generate_job(self):
+        """The ``generate:`` job, validated like any job file (errors name it)."""
+        from ..config import load_job
+
+        g = self.job.generate
+        gen_job = load_job(g if isinstance(g, dict) else self.job.resolve(g))
+        if gen_job.kind != "generate":
+            raise ConfigError(self.job.source, "generate", f"must be a `kind: generate` job, got kind {gen_job.kind!r}")
+        return gen_job
+
     def run(self, ctx) -> dict:
         job: FlashSimConfig = self.job
         bundle = self.bundle()
         pipe = bundle.load()
+        if job.generate is not None:
+            return self._run_on_the_fly(ctx, bundle, pipe)
         dataset = self.dataset(bundle)
         plan = ctx.plan(dataset, extra=pipe.inputs())
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; pipeline "
@@ -371,6 +446,24 @@ class FlashSim(Workload):
             summary.update(self._validate(ctx, bundle, plan, dataset, layout))
         elif job.validation.enabled:
             ctx.log("no validation: the input holds no full simulation of these jets")
+        return summary
+
+    def _run_on_the_fly(self, ctx, bundle, pipe) -> dict:
+        from .generate import plan_shards
+
+        gen_job = self.generate_job()
+        shards = plan_shards(gen_job)
+        made = set(bundle.manifest["columns"])
+        produced = ["run", "luminosityBlock", "event", "jet_rank", "process", "label", "truth_dr", "fault"] + [
+            f"gen_{n}" for n in ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32", "nconst")]
+        missing = [c for c in pipe.inputs() if c not in produced and c not in pipe.expressions]
+        if missing:
+            raise ConfigError(self.job.source, "generate", f"the pipeline needs {missing}, which generation does not make")
+        keep = [k for k in (self.job.keep or _matching(produced, bundle.manifest.get("passthrough", []))) if k not in made]
+        ctx.log(f"plan: {len(shards)} shards generated on the fly ({', '.join(p.name for p in gen_job.processes)}); "
+                f"pipeline {' -> '.join(s['name'] for s in _steps(bundle))}")
+        summary = ctx.map_shards(shards, OnTheFlyProcessor(bundle, gen_job, keep, self.job.seed, self.job.batch_size))
+        summary["generation"] = _throughput(ctx.run_dir / "parts")
         return summary
 
     def _keep(self, ctx, bundle, layout: dict) -> list[str]:
