@@ -20,9 +20,24 @@ STEPS: list[tuple[str, str, dict]] = [
     ("generate", "jobs/generate.yaml", {"output.dir": "runs/demo/generate"}),
     ("train_bdt", "jobs/train_bdt.yaml", {}),
     ("infer_bdt", "jobs/infer_bdt.yaml", {}),
+    ("train_classifier", "jobs/train_classifier.yaml", {}),
+    ("train_adnn", "jobs/train_adnn.yaml", {}),
+    ("train_systematic", "jobs/train_systematic.yaml", {}),
+    ("train_mlp", "jobs/train_mlp.yaml", {}),
+    ("train_gnn", "jobs/train_gnn.yaml", {}),
+    ("infer_gnn", "jobs/infer_gnn.yaml", {}),
+    ("train_jetgraph", "jobs/train_jetgraph.yaml", {}),
+    ("train_flashsim", "jobs/train_flashsim.yaml", {}),
+    ("flashsim", "jobs/flashsim.yaml", {}),
+    ("train_anomaly", "jobs/train_anomaly.yaml", {}),
+    ("anomaly_scan", "jobs/anomaly_scan.yaml", {}),
+    ("fpga_bdt", "jobs/fpga_bdt.yaml", {}),
+    ("fpga_mlp", "jobs/fpga_mlp.yaml", {}),
 ]
 
-SHOW = ("events_in", "events_out", "shards", "auc", "rejection_at_30", "accuracy", "mode")
+# summary keys worth a glance, printed when a step returns them
+SHOW = ("events_in", "events_out", "shards", "auc", "rejection_at_30", "accuracy", "mode", "two_sample_auc",
+        "lumi_auc", "flagged", "decision_agreement", "chosen_precision", "auc_drop")
 
 
 def run_demo(workers: int | None = None, steps: list[str] | None = None, root: str | Path = ".") -> dict:
