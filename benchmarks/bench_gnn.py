@@ -158,7 +158,11 @@ def gnn_job(parts: list[Path], out: Path, a) -> dict:
     job.update(name="bench_gnn", output={"dir": str(out)}, dataset=ds, split=SPLIT, mode="direct", threads=a.threads,
                weights={"balance_classes": False},
                training={"epochs": a.epochs, "batch_size": a.batch, "learning_rate": a.lr, "schedule": "none",
-                         "weight_decay": 0.01, "patience": None})
+                         "weight_decay": 0.01, "patience": None,
+                         # every shard in one shuffle window: the files are per process, so windows of
+                         # fewer shards than files give one-class batches (measured: AUC 0.930-0.932 with the
+                         # default window of 4 shards, 0.940 with all 6 shards in one)
+                         "shuffle_window": 64})
     return job
 
 
@@ -235,7 +239,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--lr", type=float, default=0.002)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=["weaver", "dnn", "bdt"])
     a = ap.parse_args()
