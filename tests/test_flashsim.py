@@ -314,6 +314,18 @@ def test_flashsim_on_the_fly_from_a_generate_job(trained, tmp_path):
     assert ok.mean() > 0.8 and np.all(np.abs(flash["reco_pt"][ok] / flash["gen_pt"][ok] - 1) < 0.5)
 
 
+def test_plan_checks_the_branches_behind_pipeline_expressions(trained, tmp_path):
+    """`hepray plan` of a flashsim job: the pipeline's fault flags are expressions of `fault`,
+    which is what must be in the files (it used to look for a branch `dead_region`)."""
+    from hepray.workloads.flashsim import FlashSim
+
+    job = hepray.config.load_job(flash_job(tmp_path, trained[0] / "model"))
+    cols = FlashSim(job).columns()
+    assert "fault" in cols and "dead_region" not in cols and "gen_pt" in cols
+    p = hepray.plan(job)
+    assert p["events"] == sum(uproot.open(f)["jets"].num_entries for f in SAMPLE.glob("*.root"))
+
+
 def test_flashsim_needs_exactly_one_source(tmp_path):
     base = {"kind": "flashsim", "model": "m", "output": {"dir": str(tmp_path)}}
     for extra in ({}, {"dataset": {"files": "x.root"}, "generate": "jobs/generate.yaml"}):

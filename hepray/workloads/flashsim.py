@@ -411,7 +411,15 @@ class FlashSim(Workload):
         return ds.model_copy(update={"expressions": {**bundle.manifest.get("expressions", {}), **ds.expressions}})
 
     def columns(self) -> list[str]:
-        return self.bundle().load().inputs()
+        """Branches read: the pipeline's inputs, with its expressions (e.g. fault flags) replaced
+        by the branches they read (what ``hepray plan`` checks against the files)."""
+        from ..data.expressions import Expression
+
+        pipe = self.bundle().load()
+        names = [c for c in pipe.inputs() if c not in pipe.expressions]
+        for name, text in pipe.expressions.items():
+            names += sorted(Expression(text, field=f"expressions.{name}").names)
+        return list(dict.fromkeys(names))
 
     def generate_job(self):
         """The ``generate:`` job, validated like any job file (errors name it)."""
