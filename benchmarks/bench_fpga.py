@@ -135,7 +135,7 @@ def conifer_before_after(model: Path, parts: Path, d: Path, precision: str, bdt_
 
     from hepray.fpga import fidelity
     from hepray.fpga.artifacts import Artifact, save_xgboost
-    from hepray.fpga.bdt import BDTOptions, auto_input_type, convert_bdt, XGBTrees
+    from hepray.fpga.bdt import BDTOptions, XGBTrees, auto_input_type, convert_bdt
     from hepray.fpga.emulate import compile_project
     from hepray.fpga.fixed import FixedType
 
