@@ -365,6 +365,10 @@ class OnTheFlyProcessor(FlashSimProcessor):
         return self.simulate(shard, cols, n_events)
 
 
+GEN_IDENTITY = ("run", "luminosityBlock", "event", "jet_rank", "process", "label", "truth_dr", "fault")
+GEN_FEATURES = ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32")  # and gen_nconst
+
+
 def generator_level(gen_job, shard) -> tuple[dict, int]:
     """The generator-level and identity columns a ``generate`` shard would write (same seeds,
     event numbers, lumisections and fault codes), without the detector; and the events generated."""
@@ -388,7 +392,7 @@ def generator_level(gen_job, shard) -> tuple[dict, int]:
         "truth_dr": round_mantissa(g.truth_dr, js.mantissa_bits),
         "fault": F.fault_codes(F.lumi_fault_index(lumi, gen_job.faults), gen_job.faults),
     }
-    for name in ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32"):
+    for name in GEN_FEATURES:
         out[f"gen_{name}"] = round_mantissa(gj[name], js.mantissa_bits)
     out["gen_nconst"] = gj["nconst"].astype(np.int32)
     return out, g.n_events
@@ -462,11 +466,13 @@ class FlashSim(Workload):
         gen_job = self.generate_job()
         shards = plan_shards(gen_job)
         made = set(bundle.manifest["columns"])
-        produced = ["run", "luminosityBlock", "event", "jet_rank", "process", "label", "truth_dr", "fault"] + [
-            f"gen_{n}" for n in ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32", "nconst")]
+        produced = list(GEN_IDENTITY) + [f"gen_{n}" for n in GEN_FEATURES] + ["gen_nconst"]
         missing = [c for c in pipe.inputs() if c not in produced and c not in pipe.expressions]
         if missing:
             raise ConfigError(self.job.source, "generate", f"the pipeline needs {missing}, which generation does not make")
+        absent = [k for k in self.job.keep or [] if k not in produced]
+        if absent:
+            raise ConfigError(self.job.source, "keep", f"{absent} are not made by generation (it makes {produced})")
         keep = [k for k in (self.job.keep or _matching(produced, bundle.manifest.get("passthrough", []))) if k not in made]
         ctx.log(f"plan: {len(shards)} shards generated on the fly ({', '.join(p.name for p in gen_job.processes)}); "
                 f"pipeline {' -> '.join(s['name'] for s in _steps(bundle))}")
