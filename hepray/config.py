@@ -124,9 +124,10 @@ class JobConfig(Spec):
         return Path(self.output.dir or os.path.join("runs", self.name))
 
     def resolve(self, path: str) -> str:
-        """A path in the job: ``~`` expanded; relative paths stay relative to the working
-        directory (as with every command-line tool), URLs untouched."""
-        return path if "://" in path else os.path.expanduser(path)
+        """A path in the job: ``~`` expanded; relative paths are relative to the driver's working
+        directory (as with every command-line tool) and made absolute here, because Ray workers
+        run elsewhere (their working directory is where Ray started); URLs untouched."""
+        return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def _format_loc(loc) -> str:

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from ..config import DatasetSpec, JobConfig
 from ..data.planning import iter_plan
@@ -38,6 +39,8 @@ class RunContext:
         self.job, self.resume, self.address, self.quiet = job, resume, address, quiet
         # a local Path, or a StorePath for s3://, gs://, root://... (job.run_dir() is Path-only)
         self.run_dir = as_path(job.output.dir) if job.output.dir else job.run_dir()
+        if isinstance(self.run_dir, Path):  # workers resolve relative paths against Ray's directory
+            self.run_dir = self.run_dir.expanduser().absolute()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._workers = workers or job.engine.workers
         self.summaries: dict[str, dict] = {}
