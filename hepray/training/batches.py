@@ -106,6 +106,7 @@ class ShardBatches:
         self.rank, self.world, self.steps = rank, world, steps
         self.shuffle, self.seed, self.window, self.cache, self.drop_last = shuffle, seed, max(1, window), cache, drop_last
         self._cache: dict[int, Batch] = {}
+        self.groups = list(groups) if groups is not None else [0] * len(self.shards)
         if rows is None:  # sizes unknown: every rank reads every shard and keeps its share of rows
             self.mine, self.rows_per_rank = list(range(len(self.shards))), None
             self.strided = set(self.mine) if world > 1 else set()
@@ -129,12 +130,23 @@ class ShardBatches:
 
     def _windows(self, epoch: int, cycle: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, epoch, self.rank, cycle])
-        order = [self.mine[i] for i in rng.permutation(len(self.mine))] if self.shuffle else self.mine
+        order = self._spread(rng) if self.shuffle else self.mine
         for start in range(0, len(order), self.window):
             rows = _concat([self._rows(i) for i in order[start:start + self.window]])
             n = num_rows(rows)
             if n:
                 yield _take(rows, rng.permutation(n)) if self.shuffle else rows
+
+    def _spread(self, rng) -> list[int]:
+        """A random shard order in which every group (sample) is spread evenly, so a window
+        of a few shards mixes classes even when each sample is its own set of files: the k-th
+        of a group's n shards (in random order) sits at (k + u) / n, u uniform in [0, 1)."""
+        key = {}
+        for g in dict.fromkeys(self.groups[i] for i in self.mine):
+            idx = [i for i in self.mine if self.groups[i] == g]
+            for k, j in enumerate(rng.permutation(len(idx))):
+                key[idx[j]] = (k + rng.random()) / len(idx)
+        return sorted(self.mine, key=key.__getitem__)
 
     def __call__(self, epoch: int) -> Iterator[Batch]:
         bs, made, cycle = self.batch_size, 0, 0
