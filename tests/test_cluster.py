@@ -375,6 +375,6 @@ def test_local_docs_example_runs(tmp_path):
     res = json.loads(r.stdout.split("RESULT ", 1)[1])
     summary = res["summary"]
     assert summary["events_in"] == summary["events_out"] == 5250  # every jet of the 4 sample files
-    assert summary["run_dir"] == "runs/local/infer_bdt" and res["n"] == 5250
+    assert summary["run_dir"].endswith("runs/local/infer_bdt") and res["n"] == 5250
     assert res["auc"] > 0.7 and res["means"][0] < res["means"][1]  # qcd-like below top-like jets
     assert len(list((tmp_path / "runs" / "local" / "infer_bdt" / "parts").glob("*.root"))) == 4

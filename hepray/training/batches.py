@@ -141,8 +141,11 @@ class ShardBatches:
         """A random shard order in which every group (sample) is spread evenly, so a window
         of a few shards mixes classes even when each sample is its own set of files: the k-th
         of a group's n shards (in random order) sits at (k + u) / n, u uniform in [0, 1)."""
+        groups = dict.fromkeys(self.groups[i] for i in self.mine)
+        if len(groups) <= 1:
+            return [self.mine[i] for i in rng.permutation(len(self.mine))]
         key = {}
-        for g in dict.fromkeys(self.groups[i] for i in self.mine):
+        for g in groups:
             idx = [i for i in self.mine if self.groups[i] == g]
             for k, j in enumerate(rng.permutation(len(idx))):
                 key[idx[j]] = (k + rng.random()) / len(idx)
