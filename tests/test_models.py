@@ -578,3 +578,29 @@ def test_padding_fraction_and_errors():
         parse_config({"g": {"length": 8, "pad_mode": "reflect", "vars": ["x"]}})
     with pytest.raises(ValueError, match="differ"):
         apply_padding({"x": vals, "y": vals[::-1]}, parse_config({"g": {"length": 8, "vars": [["x", None], ["y", None]]}}))
+
+
+class _Payload:
+    """A pickle that would run code when unpickled: what a hostile model file carries."""
+
+    def __reduce__(self):
+        return (open, (str(_Payload.marker), "w"))
+
+
+def test_pickled_code_in_a_torch_model_is_refused_not_run(tmp_path):
+    """A model.pt holding a pickled callable: loading fails with one line naming the file, and
+    the payload never runs (weights_only=True)."""
+    from hepray.errors import ModelLoadError
+    from hepray.models.artifact import save_metadata
+    from hepray.models.predict import ModelBundle
+
+    _Payload.marker = tmp_path / "payload_ran"
+    mdir = tmp_path / "model"
+    mdir.mkdir()
+    torch.save({"weight": _Payload()}, mdir / "model.pt")
+    save_metadata(mdir, {"type": "torch", "file": "model.pt", "features": ["a", "b", "c", "d"], "classes": ["s"],
+                         "task": "binary", "architecture": ARCHS[0]})
+    with pytest.raises(ModelLoadError) as exc:
+        ModelBundle.read(str(mdir)).load(1)
+    assert "model.pt" in exc.value.message and "\n" not in exc.value.message
+    assert not _Payload.marker.exists()
