@@ -73,7 +73,7 @@ def main():
                          dtype=np.float32)
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+            Client(cluster):
         ddf = dd.from_pandas(df, npartitions=args.partitions).persist()
         wait(ddf)
         graphs = {

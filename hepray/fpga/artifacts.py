@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
-from ..models.artifact import load_metadata, model_file, save_metadata
+from ..models.artifact import read_model, save_metadata
 
 
 @dataclasses.dataclass
@@ -30,12 +30,7 @@ class Artifact:
 
     @classmethod
     def read(cls, path: str | Path) -> Artifact:
-        meta = load_metadata(path)
-        f = model_file(path, meta)
-        try:
-            raw = f.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(str(f), exc.strerror or str(exc)) from None
+        meta, _, raw = read_model(path)
         return cls(str(path), meta, raw)
 
     # -- metadata ------------------------------------------------------------------------------

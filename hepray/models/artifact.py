@@ -58,6 +58,16 @@ def model_file(path: str | os.PathLike, meta: dict) -> Path:
     return p / meta["file"] if p.is_dir() else p
 
 
+def read_model(path: str | os.PathLike) -> tuple[dict, Path, bytes]:
+    """(metadata, model file, its bytes) of a model folder; the bytes ship to Ray workers."""
+    meta = load_metadata(path)
+    f = model_file(path, meta)
+    try:
+        return meta, f, f.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(str(f), exc.strerror or str(exc)) from None
+
+
 def _jsonable(o):
     import numpy as np
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
-from .artifact import load_metadata, model_file
+from .artifact import read_model
 
 
 @dataclasses.dataclass
@@ -24,12 +24,7 @@ class ModelBundle:
 
     @classmethod
     def read(cls, path: str | Path) -> ModelBundle:
-        meta = load_metadata(path)
-        f = model_file(path, meta)
-        try:
-            raw = f.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(str(f), exc.strerror or str(exc)) from None
+        meta, f, raw = read_model(path)
         bundle = cls(str(f), meta, raw)
         bundle.load(1)  # fail on the driver, with the file's name, not later in every actor
         return bundle
