@@ -4,6 +4,9 @@ the engine, with AUC floors that a broken pipeline would miss."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +94,31 @@ def test_split_follows_event_identity_not_sharding(ray_session, tmp_path):
     def test_events(shard_events):
         spec = DatasetSpec(tree="jets", samples=[{"name": "ttbar", "files": str(SAMPLE / "ttbar_*.root"), "label": 1}],
                            shard_events=shard_events)
-        cols = load_columns(list(iter_plan(spec)), spec, ["event", "jet_rank"])
+        shards = list(iter_plan(spec))
+        cols = load_columns(shards, spec, ["event", "jet_rank"], parallel=True)  # Ray tasks
+        here = load_columns(shards, spec, ["event", "jet_rank"])  # small: read in this process
+        assert all(np.array_equal(cols[k], here[k]) for k in cols if k != "__samples__")
         key = cols["event"] * 10 + cols["jet_rank"]
         return set(key[cols[SPLIT] < 0.3].tolist()), len(key)
 
     a, n = test_events(200)
     b, _ = test_events(100_000)
     assert a == b and 0.2 * n < len(a) < 0.4 * n
+
+
+def test_small_direct_job_starts_no_ray(tmp_path):
+    """A job whose data fit one process reads its shards in place and starts no local Ray
+    instance (seconds on this machine); bagging, many files or a cluster address bring Ray in."""
+    code = ("import json, sys, ray, hepray\n"
+            "s = hepray.run(json.loads(sys.argv[1]), quiet=True)\n"
+            "print(json.dumps({'ray': ray.is_initialized(), 'auc': s['auc'], 'mode': s['mode']}))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(bdt_job(tmp_path, rounds=40, shap_events=0))],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"ray": False, "auc": out["auc"], "mode": "direct"} and out["auc"] > 0.93
+    assert (tmp_path / "model" / "model.json").exists() and (tmp_path / "plots" / "roc.png").exists()
 
 
 def test_ray_train_distributed_path(ray_session, tmp_path):

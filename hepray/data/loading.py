@@ -18,6 +18,10 @@ from .reading import ENTRY, identity_columns, read_shard
 from .shard import Shard
 
 SPLIT = "hepray_u"
+# Below this many bytes of columns in memory (events x columns x 8), one process reads faster than
+# Ray tasks start: 1 M events x 17 columns took 0.46 s in process vs 1.57 s in fresh task workers
+# (0.37 s once they are warm) on 2 cores, and no Ray instance needs starting for it.
+IN_PROCESS_BYTES = 256 << 20
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -56,13 +60,19 @@ def iter_columns(shards: Iterable[Shard], spec: DatasetSpec, extra: list[str]) -
         yield s, _read(s.to_dict(), spec, extra)
 
 
-def load_columns(shards: Iterable[Shard], spec: DatasetSpec, extra: list[str], parallel: bool = True) -> dict:
-    """All events of ``shards`` in memory, read by Ray tasks (bounded window, plan order kept)."""
+def load_columns(shards: Iterable[Shard], spec: DatasetSpec, extra: list[str], parallel: bool | None = None) -> dict:
+    """All events of ``shards`` in memory, read by Ray tasks (bounded window, plan order kept);
+    ``parallel=None``: in this process when the columns come to less than ``IN_PROCESS_BYTES``."""
     shards = list(shards)
+    if parallel is None:
+        parallel = sum(s.num_entries for s in shards) * (len(extra) + 4) * 8 > IN_PROCESS_BYTES
     if not parallel or len(shards) <= 1:
         return concatenate(iter_columns(shards, spec, extra))
     import ray
 
+    from ..engine.runtime import ensure_ray
+
+    ensure_ray()  # a job that joins a cluster has joined it already; otherwise a local instance
     remote = ray.remote(num_cpus=1, max_retries=2)(_read)
     window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
     spec_ref = ray.put(spec)

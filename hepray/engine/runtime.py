@@ -20,6 +20,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.init(address=address, **kwargs)
 
 
+def ray_on_hand(address: str | None = None) -> bool:
+    """A Ray instance to join is there (this process has one, or an address is given): joining
+    costs little, while starting a local instance costs seconds, so small jobs start it only
+    when they need it."""
+    import ray
+
+    return ray.is_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def local_cpus() -> int:
+    """CPUs this process may use (work done in the driver itself, e.g. a direct xgboost fit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cluster_cpus() -> int:
     import ray
 

@@ -52,6 +52,8 @@ def score_distributions(groups: dict[str, np.ndarray], path, title: str = "score
     for label, v in groups.items():
         ax.hist(v, bins=edges, density=True, histtype="step", lw=1.5, label=label)
     for label, v in (dashed or {}).items():
+        if not len(v):  # e.g. no training rows kept in memory (external-memory training)
+            continue
         h, _ = np.histogram(v, bins=edges, density=True)
         ax.plot(0.5 * (edges[1:] + edges[:-1]), h, ".", label=label)
     ax.set_xlabel(xlabel)
