@@ -49,16 +49,17 @@ def plan(job_or_dataset, registry=None) -> dict:
     if isinstance(job_or_dataset, DatasetSpec):
         spec, resolve, extra = job_or_dataset, (lambda p: p), []
     else:
+        from .workloads import REGISTRY
+
         job = _as_job(job_or_dataset, registry)
-        spec = getattr(job, "dataset", None)
+        workload = (registry or REGISTRY).get(job.kind)(job)
+        spec = workload.dataset()
         if spec is None:
             from .errors import ConfigError
 
             raise ConfigError(job.source, "dataset", f"kind {job.kind!r} reads no dataset, so there is nothing to plan")
         resolve = job.resolve
-        from .workloads import REGISTRY
-
-        extra = (registry or REGISTRY).get(job.kind)(job).columns()
+        extra = workload.columns()
     shards, skipped = [], []
     for s in iter_plan(spec, resolve, "skip", extra=extra):
         (skipped if isinstance(s, dict) else shards).append(s)

@@ -135,10 +135,14 @@ def test_particlenet_top_vs_qcd_auc_floor_and_artifact(trained):
 def test_infer_gnn_scores_every_jet_through_the_engine(trained, tmp_path):
     out, _ = trained
     files = [str(SAMPLE / "ttbar_*.root"), str(SAMPLE / "qcd_*.root")]
-    s = hepray.run({"kind": "infer_gnn", "name": "ig", "output": {"dir": str(tmp_path)},
-                    "dataset": {"files": files, "tree": "jets", "expressions": EXPRESSIONS, "shard_events": 700},
-                    "model": {"path": str(out / "model"), "output": "score_top", "batch_size": 256},
-                    "keep": ["label"], "engine": {"workers": 2}}, quiet=True)
+    # no `expressions:` here: the ones the inputs need come with the model, as in training
+    job = {"kind": "infer_gnn", "name": "ig", "output": {"dir": str(tmp_path)},
+           "dataset": {"files": files, "tree": "jets", "shard_events": 700},
+           "model": {"path": str(out / "model"), "output": "score_top", "batch_size": 256},
+           "keep": ["label"], "engine": {"workers": 2}}
+    assert json.loads((out / "model" / "hepray_model.json").read_text())["expressions"] == EXPRESSIONS
+    assert hepray.plan(job)["events"] > 0
+    s = hepray.run(job, quiet=True)
     total = sum(uproot.open(f)["jets"].num_entries for f in SAMPLE.glob("*.root") if f.name[:3] in ("ttb", "qcd"))
     assert s["events_in"] == s["events_out"] == total and s["shards"] >= 2
     man = json.loads((tmp_path / "parts" / "_manifest.json").read_text())
@@ -147,6 +151,26 @@ def test_infer_gnn_scores_every_jet_through_the_engine(trained, tmp_path):
     score, label = np.concatenate([p["score_top"] for p in parts]), np.concatenate([p["label"] for p in parts])
     assert len(score) == total and np.all((score >= 0) & (score <= 1))
     assert score[label == 1].mean() > score[label == 0].mean() + 0.3
+
+
+def test_infer_gnn_refuses_a_bad_stored_expression(trained, tmp_path):
+    """Expressions stored with a model pass the same whitelist as a job's: a tampered one is
+    refused in one line naming the model, before anything is read."""
+    import shutil
+
+    from hepray.errors import ConfigError
+
+    out, _ = trained
+    mdir = tmp_path / "model"
+    shutil.copytree(out / "model", mdir)
+    meta = json.loads((mdir / "hepray_model.json").read_text())
+    meta["expressions"]["const_pt_log"] = "__import__('os').system('true')"
+    (mdir / "hepray_model.json").write_text(json.dumps(meta))
+    job = {"kind": "infer_gnn", "name": "ig", "output": {"dir": str(tmp_path / "out")},
+           "dataset": {"files": str(SAMPLE / "ttbar_*.root"), "tree": "jets"}, "model": {"path": str(mdir)}}
+    with pytest.raises(ConfigError, match="expressions stored with .* calling .__import__.* is not allowed") as e:
+        hepray.plan(job)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- jets as nodes vs the map

@@ -49,5 +49,9 @@ class Workload:
         planning checks they exist and counts their bytes."""
         return []
 
+    def dataset(self):
+        """The dataset the workload reads (a model may add to the job's, e.g. its expressions)."""
+        return getattr(self.job, "dataset", None)
+
     def run(self, ctx: RunContext) -> dict:
         raise NotImplementedError

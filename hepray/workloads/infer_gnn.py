@@ -74,11 +74,26 @@ class InferGNN(Workload):
     def columns(self) -> list[str]:
         return gnn_constituents(self._bundle(), self.job.source).columns() + list(self.job.keep)
 
+    def dataset(self) -> DatasetSpec:
+        """The job's dataset plus the expressions stored with the model that the job does not
+        define (a job's own definition wins): the inputs are derived exactly as in training."""
+        job: InferGNNConfig = self.job
+        stored = self._bundle().meta.get("expressions") or {}
+        missing = {k: v for k, v in stored.items() if k not in job.dataset.expressions}
+        if not missing:
+            return job.dataset
+        try:  # validated again: the stored texts go through the same expression whitelist
+            return DatasetSpec.model_validate({**job.dataset.model_dump(), "expressions": {**missing, **job.dataset.expressions}})
+        except ValueError as exc:  # pydantic's ValidationError: the first error's message, one line
+            why = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ConfigError(job.source, "model.path", f"expressions stored with {job.model.path} are invalid: {why}") from None
+
     def run(self, ctx) -> dict:
         job: InferGNNConfig = self.job
         bundle = self._bundle()
         constituents = gnn_constituents(bundle, job.source)
-        plan = ctx.plan(job.dataset, extra=constituents.columns() + list(job.keep))
+        dataset = self.dataset()
+        plan = ctx.plan(dataset, extra=constituents.columns() + list(job.keep))
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")
-        proc = InferGNNProcessor(bundle, job.dataset, job.model.output, list(job.keep), job.model.batch_size)
+        proc = InferGNNProcessor(bundle, dataset, job.model.output, list(job.keep), job.model.batch_size)
         return ctx.map_shards(plan, proc)

@@ -283,6 +283,8 @@ class TrainGNN(Workload):
         torch.save(model.state_dict(), mdir / "model.pt")
         meta = {"type": "torch", "file": "model.pt", "features": None, "classes": [], "task": task,
                 "architecture": model.arch, "inputs": {"arguments": ARGUMENTS, **constituents.to_meta()},
+                # the derived columns the inputs are built from: infer_gnn reads them from here
+                "expressions": dict(self.job.dataset.expressions),
                 "training": {k: fit_info[k] for k in ("epochs_done", "best_epoch", "events_per_s")}}
         save_metadata(mdir, meta)
         return meta
