@@ -67,6 +67,20 @@ class DatasetSpec(Spec):
             Expression(self.cut, field="cut")
         return self
 
+    def with_expressions(self, stored: dict[str, str], where: str = "", field: str = "model") -> DatasetSpec:
+        """This spec plus ``stored`` expressions (those a model was trained with) it does not
+        define; its own definitions win. The stored texts pass the same whitelist again."""
+        missing = {k: v for k, v in (stored or {}).items() if k not in self.expressions}
+        if not missing:
+            return self
+        try:
+            return DatasetSpec.model_validate({**self.model_dump(), "expressions": {**missing, **self.expressions}})
+        except ValueError as exc:  # pydantic's ValidationError: the first error's message, one line
+            from .errors import ConfigError
+
+            why = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ConfigError(where, field, f"expressions stored with the model are invalid: {why}") from None
+
     def sample_list(self) -> list[SampleSpec]:
         if self.samples:
             return list(self.samples)

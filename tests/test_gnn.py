@@ -168,7 +168,7 @@ def test_infer_gnn_refuses_a_bad_stored_expression(trained, tmp_path):
     (mdir / "hepray_model.json").write_text(json.dumps(meta))
     job = {"kind": "infer_gnn", "name": "ig", "output": {"dir": str(tmp_path / "out")},
            "dataset": {"files": str(SAMPLE / "ttbar_*.root"), "tree": "jets"}, "model": {"path": str(mdir)}}
-    with pytest.raises(ConfigError, match="expressions stored with .* calling .__import__.* is not allowed") as e:
+    with pytest.raises(ConfigError, match="expressions stored with the model are invalid: .*calling .__import__.* is not allowed") as e:
         hepray.plan(job)
     assert "\n" not in str(e.value)
 

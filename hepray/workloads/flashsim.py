@@ -409,10 +409,13 @@ class FlashSim(Workload):
 
         return PipelineBundle.read(self.job.resolve(self.job.model))
 
-    def dataset(self, bundle) -> DatasetSpec:
-        """The job's dataset plus the expressions the pipeline's conditions need."""
-        ds = self.job.dataset
-        return ds.model_copy(update={"expressions": {**bundle.manifest.get("expressions", {}), **ds.expressions}})
+    def dataset(self, bundle=None) -> DatasetSpec:
+        """The job's dataset plus the expressions the pipeline's conditions need (None when the
+        job generates its events on the fly)."""
+        if self.job.dataset is None:
+            return None
+        bundle = bundle or self.bundle()
+        return self.job.dataset.with_expressions(bundle.manifest.get("expressions"), self.job.source, f"model ({self.job.model})")
 
     def columns(self) -> list[str]:
         """Branches read: the pipeline's inputs, with its expressions (e.g. fault flags) replaced

@@ -75,18 +75,10 @@ class InferGNN(Workload):
         return gnn_constituents(self._bundle(), self.job.source).columns() + list(self.job.keep)
 
     def dataset(self) -> DatasetSpec:
-        """The job's dataset plus the expressions stored with the model that the job does not
-        define (a job's own definition wins): the inputs are derived exactly as in training."""
+        """The job's dataset plus the expressions stored with the model that it does not define:
+        the inputs are derived exactly as in training."""
         job: InferGNNConfig = self.job
-        stored = self._bundle().meta.get("expressions") or {}
-        missing = {k: v for k, v in stored.items() if k not in job.dataset.expressions}
-        if not missing:
-            return job.dataset
-        try:  # validated again: the stored texts go through the same expression whitelist
-            return DatasetSpec.model_validate({**job.dataset.model_dump(), "expressions": {**missing, **job.dataset.expressions}})
-        except ValueError as exc:  # pydantic's ValidationError: the first error's message, one line
-            why = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
-            raise ConfigError(job.source, "model.path", f"expressions stored with {job.model.path} are invalid: {why}") from None
+        return job.dataset.with_expressions(self._bundle().meta.get("expressions"), job.source, f"model.path ({job.model.path})")
 
     def run(self, ctx) -> dict:
         job: InferGNNConfig = self.job
