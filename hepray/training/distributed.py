@@ -54,16 +54,22 @@ def worker_context() -> tuple[int, int, object]:
     return ctx.get_world_rank(), ctx.get_world_size(), get_device()
 
 
-def choose_mode(requested: str, *, events: int, epochs: int, workers: int, use_gpu: bool,
-                nodes: int, threshold: int) -> str:
-    """``direct`` or ``ray_train`` for ``mode: auto``.
+def choose_mode(job, events: int) -> tuple[str, int]:
+    """(``direct`` or ``ray_train``, Ray Train workers) for a torch training job.
 
-    Ray Train when the work is spread over nodes or GPUs, or when ``events × epochs`` exceeds
-    ``threshold`` (where the measured speed-up of several workers pays for their start) and
-    there is more than one worker; one process otherwise.
+    Workers: ``num_workers`` or the cluster's CPUs / ``engine.cpus_per_worker``. ``mode: auto``
+    picks Ray Train when the work is spread over nodes or GPUs, or when ``events × epochs``
+    exceeds ``auto_ray_train_work`` (where the measured speed-up of several workers pays for
+    their start) and there is more than one worker; one process otherwise.
     """
-    if requested != "auto":
-        return requested
-    if workers > 1 and (nodes > 1 or use_gpu or events * epochs > threshold):
-        return "ray_train"
-    return "direct"
+    import ray
+
+    from ..engine.runtime import cluster_cpus
+
+    workers = job.num_workers or max(1, int(cluster_cpus() / job.engine.cpus_per_worker))
+    if job.mode != "auto":
+        return job.mode, workers
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    if workers > 1 and (nodes > 1 or job.use_gpu or events * job.training.epochs > job.auto_ray_train_work):
+        return "ray_train", workers
+    return "direct", workers

@@ -40,8 +40,8 @@ from .base import Workload
 from .registry import register
 from .train_common import (
     TrainJob,
-    balance_factors,
     class_names,
+    class_setup,
     load_training_data,
     score_report,
     shard_rows,
@@ -280,9 +280,8 @@ class TrainClassifier(Workload):
         return ClassifierRows(self.job).columns()
 
     def run(self, ctx) -> dict:
-        import ray
 
-        from ..engine.runtime import cluster_cpus, ensure_ray
+        from ..engine.runtime import ensure_ray
         from ..training import choose_mode
         from ..training.standardize import map_shard_tasks, merge_all
 
@@ -294,25 +293,13 @@ class TrainClassifier(Workload):
         stats = [r for _, r in map_shard_tasks(_shard_statistics, shards, ClassifierRows(job))]
         moments = merge_all(r["moments"] for r in stats)
         pre = moments.to_preprocessing()
-        n_classes = max(r["max_label"] for r in stats) + 1
-        if min(r["min_label"] for r in stats) < 0 or n_classes < 2:
-            raise ConfigError(job.source, "dataset.samples", "every sample needs a `label:` >= 0, and at least two classes")
-        task = job.task if job.task != "auto" else ("binary" if n_classes == 2 else "multiclass")
-        if task == "binary" and n_classes > 2:
-            raise ConfigError(job.source, "task", f"binary, but the labels have {n_classes} classes")
-        sums = np.zeros(n_classes)
-        for r in stats:
-            sums[: len(r["class_weight"])] += r["class_weight"]
+        n_classes, task, factors = class_setup(job, stats)
         n_train = sum(r["train"] for r in stats)
-        factors = balance_factors(sums, n_train) if job.weights.balance_classes else np.ones(n_classes)
         rows = ClassifierRows(job, np.asarray(pre["mean"]), np.asarray(pre["scale"]), factors)
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; statistics pass "
                 f"{time.perf_counter() - t0:.1f}s: train {n_train}, validation {sum(r['val'] for r in stats)}, "
                 f"test {sum(r['test'] for r in stats)}")
-        workers = job.num_workers or max(1, int(cluster_cpus() / job.engine.cpus_per_worker))
-        mode = choose_mode(job.mode, events=n_train, epochs=job.training.epochs, workers=workers,
-                           use_gpu=job.use_gpu, nodes=len([n for n in ray.nodes() if n.get("Alive")]),
-                           threshold=job.auto_ray_train_work)
+        mode, workers = choose_mode(job, n_train)
         setup = {"job": job, "rows": rows, "shards": [_absolute(s) for s in shards], "groups": [s.sample for s in shards],
                  "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
                  "n_outputs": 1 if task == "binary" else n_classes,

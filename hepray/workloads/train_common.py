@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from ..config import DatasetSpec, JobConfig, Spec
 from ..data.columns import LABEL, SAMPLE, WEIGHT
 from ..data.loading import SPLIT, load_columns
+from ..errors import ConfigError
 
 
 class SplitSpec(Spec):
@@ -88,8 +89,6 @@ class Data:
                 cols.pop(f, None)
         y = np.asarray(cols[job.label] if job.label else cols[LABEL])
         if (y < 0).any():
-            from ..errors import ConfigError
-
             raise ConfigError(job.source, "dataset.samples", "every sample needs a `label:` (or set `label:` to a branch)")
         self.y = y.astype(np.int64)
         w = np.asarray(cols[WEIGHT], dtype=np.float64)
@@ -119,6 +118,23 @@ def load_training_data(ctx, job: TrainJob, extra: list[str] = (), plan=None) -> 
     cols = load_columns(plan, job.dataset, columns)
     shard_ids = [s.shard_id for s in plan]
     return Data(cols, job, keep=list(extra)), shard_ids
+
+
+def class_setup(job: TrainJob, stats: list[dict]) -> tuple[int, str, np.ndarray]:
+    """(number of classes, task, class-balance factors) from a streaming statistics pass: one
+    dict per shard with ``min_label``, ``max_label``, ``class_weight`` and ``train`` counts."""
+    n_classes = max(s["max_label"] for s in stats) + 1
+    if min(s["min_label"] for s in stats) < 0 or n_classes < 2:
+        raise ConfigError(job.source, "dataset.samples", "every sample needs a `label:` >= 0, and at least two classes")
+    task = job.task if job.task != "auto" else ("binary" if n_classes == 2 else "multiclass")
+    if task == "binary" and n_classes > 2:
+        raise ConfigError(job.source, "task", f"binary, but the labels have {n_classes} classes")
+    sums = np.zeros(n_classes)
+    for s in stats:
+        sums[: len(s["class_weight"])] += s["class_weight"]
+    n_train = sum(s["train"] for s in stats)
+    factors = balance_factors(sums, n_train) if job.weights.balance_classes else np.ones(n_classes)
+    return n_classes, task, factors
 
 
 def subsample(mask: np.ndarray, n: int, seed: int) -> np.ndarray:

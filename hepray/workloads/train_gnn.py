@@ -35,7 +35,14 @@ from ..models.artifact import save_metadata
 from .base import Workload
 from .registry import register
 from .train_classifier import TrainingSpec
-from .train_common import Data, TrainJob, balance_factors, class_names, score_report, shard_rows
+from .train_common import (
+    Data,
+    TrainJob,
+    class_names,
+    class_setup,
+    score_report,
+    shard_rows,
+)
 
 SCORE = "hepray_score"
 ARGUMENTS = ["points", "features", "mask"]
@@ -123,7 +130,7 @@ def _shard_statistics(shard_dict: dict, rows: GNNRows, fraction: float, seed: in
     pick = tr & fraction_rows(len(tr), fraction, seed, shard.index)
     sample = rows.constituents.selected({k: v[pick] for k, v in cols.items()}, shard.file)
     return {"train": int(tr.sum()), "val": int(r["val"].sum()), "test": int(r["test"].sum()),
-            "labels": (int(y.min()), int(y.max())) if len(y) else (0, -1),
+            "min_label": int(y.min()) if len(y) else 0, "max_label": int(y.max()) if len(y) else -1,
             "class_weight": np.bincount(y[tr], r["w"][tr].astype(np.float64)) if tr.any() else np.zeros(1),
             "sample": sample}
 
@@ -184,23 +191,6 @@ def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, de
     return model, result
 
 
-def class_setup(job: TrainJob, stats: list[dict]) -> tuple[int, str, np.ndarray]:
-    """(number of classes, task, class-balance factors) from the statistics pass."""
-    lo, hi = min(s["labels"][0] for s in stats), max(s["labels"][1] for s in stats)
-    n_classes = hi + 1
-    if lo < 0 or n_classes < 2:
-        raise ConfigError(job.source, "dataset.samples", "every sample needs a `label:` >= 0, and at least two classes")
-    task = job.task if job.task != "auto" else ("binary" if n_classes == 2 else "multiclass")
-    if task == "binary" and n_classes > 2:
-        raise ConfigError(job.source, "task", f"binary, but the labels have {n_classes} classes")
-    sums = np.zeros(n_classes)
-    for s in stats:
-        sums[: len(s["class_weight"])] += s["class_weight"]
-    n_train = sum(s["train"] for s in stats)
-    factors = balance_factors(sums, n_train) if job.weights.balance_classes else np.ones(n_classes)
-    return n_classes, task, factors
-
-
 # -- the workload --------------------------------------------------------------------------------
 @register("train_gnn")
 class TrainGNN(Workload):
@@ -213,7 +203,6 @@ class TrainGNN(Workload):
         return GNNRows(job, job.constituents_spec()).columns()
 
     def run(self, ctx) -> dict:
-        import ray
 
         from ..engine.runtime import cluster_cpus, ensure_ray
         from ..gnn.training import run_training
@@ -236,9 +225,7 @@ class TrainGNN(Workload):
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; statistics pass "
                 f"{time.perf_counter() - t0:.1f}s: train {n_train}, validation {sum(r['val'] for r in stats)}, "
                 f"test {sum(r['test'] for r in stats)}; standardisation from {num_rows(sample)} jets")
-        workers = job.num_workers or max(1, int(cluster_cpus() / job.engine.cpus_per_worker))
-        mode = choose_mode(job.mode, events=n_train, epochs=job.training.epochs, workers=workers, use_gpu=job.use_gpu,
-                           nodes=len([n for n in ray.nodes() if n.get("Alive")]), threshold=job.auto_ray_train_work)
+        mode, workers = choose_mode(job, n_train)
         setup = {"job": job, "rows": rows, "shards": [s.to_dict() for s in shards], "groups": [s.sample for s in shards],
                  "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
                  "n_outputs": 1 if task == "binary" else n_classes, "tag": "particlenet",
