@@ -74,12 +74,9 @@ class DatasetSpec(Spec):
         if not missing:
             return self
         try:
-            return DatasetSpec.model_validate({**self.model_dump(), "expressions": {**missing, **self.expressions}})
-        except ValueError as exc:  # pydantic's ValidationError: the first error's message, one line
-            from .errors import ConfigError
-
-            why = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
-            raise ConfigError(where, field, f"expressions stored with the model are invalid: {why}") from None
+            return validate(DatasetSpec, {**self.model_dump(), "expressions": {**missing, **self.expressions}})
+        except ConfigError as exc:
+            raise ConfigError(where, field, f"expressions stored with the model are invalid: {exc}") from None
 
     def sample_list(self) -> list[SampleSpec]:
         if self.samples:

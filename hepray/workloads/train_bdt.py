@@ -144,8 +144,6 @@ class TrainBDT(Workload):
 
     # -- paths --------------------------------------------------------------------------------
     def _choose_mode(self, ctx, events: int, n_features: int) -> str:
-        import ray
-
         from ..engine.runtime import ensure_ray
 
         job = self.job
@@ -154,6 +152,8 @@ class TrainBDT(Workload):
             gb = events * (n_features + 4) * 4 / 1e9
             if gb <= job.max_in_memory_gb:
                 return "direct"
+            import ray  # only here: a small job never pays for the import
+
             # a cluster was joined at the start of the run when there is one
             mode = "distributed" if ray.is_initialized() and len(ray.nodes()) > 1 else "external_memory"
         if mode == "distributed":
