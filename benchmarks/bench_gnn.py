@@ -1,6 +1,7 @@
 """GNN tagging: `kind: train_gnn` (ParticleNet-Lite) vs weaver-core 0.5.3 training the same network
 on the same ROOT files, side by side in one run; then the GNN vs a DNN on high-level features
-(`kind: train_classifier`) vs the BDT (`kind: train_bdt`) on the same test events.
+(`kind: train_classifier`) vs the BDT (`kind: train_bdt`) on the same test events, and the same
+ParticleNet given the DNN's jet-level features as a `globals` group (constituents + jet features).
 
     python benchmarks/bench_gnn.py [--parts DIR ...] [--epochs 8] [--threads 1]
 
@@ -151,10 +152,13 @@ def dataset(parts: list[Path]) -> dict:
                         {"name": "qcd", "files": [str(p / "qcd_*.root") for p in parts], "label": 0}]}
 
 
-def gnn_job(parts: list[Path], out: Path, a) -> dict:
+def gnn_job(parts: list[Path], out: Path, a, with_globals: bool = False) -> dict:
     job = yaml.safe_load((ROOT / "jobs/train_gnn.yaml").read_text())
     ds = dataset(parts)
     ds["expressions"] = job["dataset"]["expressions"]
+    if with_globals:  # the DNN's jet-level features as a flat `globals` group of the same network
+        job["inputs"]["jet_globals"] = {"length": None, "vars": HIGH_LEVEL}
+        job["network"]["globals"] = "jet_globals"
     job.update(name="bench_gnn", output={"dir": str(out)}, dataset=ds, split=SPLIT, mode="direct", threads=a.threads,
                weights={"balance_classes": False},
                training={"epochs": a.epochs, "batch_size": a.batch, "learning_rate": a.lr, "schedule": "none",
@@ -229,6 +233,34 @@ def run_weaver(parts: list[Path], work: Path, a, n_train: int, n_val: int) -> di
             "n_test": int(len(y)), "n_train": n_train[0] if n_train else None, "jets_per_s_epochs": speeds}
 
 
+def paired_bootstrap(dirs: dict[str, Path], pairs: list[tuple[str, str]], n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUC differences on the same test events with their bootstrap spread: every training run
+    writes ``test_scores.parquet`` in dataset order, so the rows line up (checked); each resample
+    draws the same events for both models."""
+    import pyarrow.parquet as pq
+
+    from hepray.report.metrics import auc
+
+    t = {k: pq.read_table(d / "test_scores.parquet").to_pydict() for k, d in dirs.items() if (d / "test_scores.parquet").exists()}
+    if not t:
+        return {}
+    ref = next(iter(t.values()))
+    for k, v in t.items():
+        assert v["hepray_u"] == ref["hepray_u"] and v["label"] == ref["label"], f"{k}: test events differ"
+    y, w = np.asarray(ref["label"]), np.asarray(ref["weight"])
+    s = {k: np.asarray(v["score"]) for k, v in t.items()}
+    rng = np.random.default_rng(seed)
+    boots = [rng.integers(0, len(y), len(y)) for _ in range(n_boot)]
+    out = {}
+    for a, b in pairs:
+        if a not in s or b not in s:
+            continue
+        d = np.array([auc(y[i], s[a][i], w[i]) - auc(y[i], s[b][i], w[i]) for i in boots])
+        out[f"{a} - {b}"] = {"auc_difference": auc(y, s[a], w) - auc(y, s[b], w), "bootstrap_std": float(d.std()),
+                             "fraction_positive": float((d > 0).mean())}
+    return out
+
+
 def summarise_speed(v: list[float]) -> dict:
     return {"first_epoch": round(v[0], 1), "later_epochs_mean": round(float(np.mean(v[1:])), 1) if len(v) > 1 else None}
 
@@ -241,7 +273,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.002)
     ap.add_argument("--dir", default=None)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["weaver", "dnn", "bdt"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["weaver", "globals", "dnn", "bdt"])
     a = ap.parse_args()
     parts = [(ROOT / p).resolve() for p in a.parts]
     parts = [p for p in parts if list(p.glob("ttbar_*.root")) and list(p.glob("qcd_*.root"))]
@@ -256,6 +288,8 @@ def main():
         res["throughput"] = {"hepray": hs, "weaver": ws, "ratio_hepray_over_weaver_later_epochs":
                              round(hs["later_epochs_mean"] / ws["later_epochs_mean"], 3) if ws["later_epochs_mean"] else None}
         res["auc_difference_hepray_minus_weaver"] = round(hep["auc"] - wv["auc"], 5)
+    if "globals" not in a.skip:
+        res["hepray_gnn_globals"] = run_side(HEPRAY_SIDE, gnn_job(parts, d / "gnn_globals", a, with_globals=True))
 
     others = {}
     base = {"dataset": dataset(parts), "features": HIGH_LEVEL, "classes": ["qcd", "top"], "split": SPLIT,
@@ -271,6 +305,8 @@ def main():
     for name, job in others.items():
         res[name] = run_side(OTHER_SIDE, job)
 
+    res["paired"] = paired_bootstrap({"gnn": d / "gnn", "gnn_globals": d / "gnn_globals", "dnn": d / "dnn", "bdt": d / "bdt"},
+                                     [("gnn", "dnn"), ("gnn", "bdt"), ("gnn_globals", "dnn"), ("gnn_globals", "bdt")])
     print(json.dumps(res, indent=1))
     print(f"\nParticleNet-Lite, {a.epochs} epochs, batch {a.batch}:")
     if "weaver_gnn" in res:
@@ -281,9 +317,15 @@ def main():
         print(f"  AUC hepray {hep['auc']:.4f} vs weaver {wv['auc']:.4f} (difference {res['auc_difference_hepray_minus_weaver']:+.4f}),"
               f" test jets {hep['n_test']} vs {wv['n_test']}")
     print("Top vs QCD on the same test events (AUC, background rejection at 30% signal efficiency):")
-    for name, key in (("ParticleNet-Lite", "hepray_gnn"), ("DNN high-level", "dnn"), ("BDT high-level", "bdt")):
+    for name, key in (("ParticleNet-Lite", "hepray_gnn"), ("  + jet features", "hepray_gnn_globals"),
+                      ("DNN high-level", "dnn"), ("BDT high-level", "bdt")):
         if key in res:
-            print(f"  {name:18s} AUC {res[key]['auc']:.4f}  rejection@30% {res[key]['rejection_at_30']}  test {res[key]['n_test']}")
+            r = res[key]["rejection_at_30"]  # None: no background jet of the test set passes
+            r = f"{r:.1f}" if r else f"> {res[key]['n_test'] // 2} (no background passes)"
+            print(f"  {name:18s} AUC {res[key]['auc']:.4f}  rejection@30% {r}  test {res[key]['n_test']}")
+    for pair, r in res["paired"].items():
+        print(f"  AUC {pair}: {r['auc_difference']:+.4f} ± {r['bootstrap_std']:.4f} (bootstrap on the same test events; "
+              f"positive in {r['fraction_positive']:.1%} of 1000 resamples)")
     out = ROOT / "benchmarks/results"
     out.mkdir(exist_ok=True)
     (out / "gnn.json").write_text(json.dumps(res, indent=1))

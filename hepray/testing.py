@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .extras import import_xgboost
+
 
 def write_toy_root(path: str | Path, n: int, seed: int = 0, n_features: int = 4, signal: bool | None = None,
                    basket: int = 10_000, compression: str = "zstd", tree: str = "Events", rntuple: bool = False) -> Path:
@@ -47,7 +49,7 @@ def fit_toy_xgboost(model_dir: str | Path, files: list[str], n_features: int = 4
                     depth: int = 3, tree: str = "Events") -> Path:
     """Fit an xgboost model on toy files and save it as a hepray model folder (JSON + metadata)."""
     import uproot
-    import xgboost as xgb
+    xgb = import_xgboost()
 
     from .models.artifact import save_metadata
 

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import uproot
 
 import hepray
+from hepray.report import metrics
 
 SAMPLE = Path(__file__).parent / "data" / "generated" / "sample" / "parts"
 FEATURES = ["reco_pt", "reco_eta", "reco_mass", "reco_tau1", "reco_tau2", "reco_tau3", "reco_tau21", "reco_tau32",
@@ -49,6 +51,11 @@ def test_top_vs_qcd_auc_floor_and_outputs(direct):
     assert len(band["mean"]) == 4 and all(0 < v < 1 for v in band["mean"]) and any(v > 0 for v in band["std"])
     meta = json.loads((out / "model" / "hepray_model.json").read_text())
     assert meta["features"] == FEATURES and meta["type"] == "xgboost" and len(meta["dataset_fingerprint"]) == 40
+    # the test events' scores, keyed by event identity, for paired comparisons between models
+    t = pq.read_table(out / "test_scores.parquet").to_pydict()
+    assert len(t["score"]) == len(t["hepray_u"]) == m["n_test"]
+    assert all(0 <= u < 0.3 for u in t["hepray_u"])  # the test fraction of the event-identity hash
+    assert metrics.auc(np.array(t["label"]), np.array(t["score"]), np.array(t["weight"])) == pytest.approx(m["auc"])
 
 
 def test_model_runs_through_infer_and_matches_xgboost(direct, tmp_path):
@@ -108,16 +115,20 @@ def test_split_follows_event_identity_not_sharding(ray_session, tmp_path):
 
 def test_small_direct_job_starts_no_ray(tmp_path):
     """A job whose data fit one process reads its shards in place and starts no local Ray
-    instance (seconds on this machine); bagging, many files or a cluster address bring Ray in."""
+    instance (seconds on this machine); bagging, many files or a cluster address bring Ray in.
+    As under the `hepray` command (HEPRAY_LEAN_XGBOOST=1), nothing imports scikit-learn."""
     code = ("import json, sys, ray, hepray\n"
             "s = hepray.run(json.loads(sys.argv[1]), quiet=True)\n"
-            "print(json.dumps({'ray': ray.is_initialized(), 'auc': s['auc'], 'mode': s['mode']}))")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+            "import xgboost\n"
+            "print(json.dumps({'ray': ray.is_initialized(), 'auc': s['auc'], 'mode': s['mode'],\n"
+            "                  'sklearn': 'sklearn' in sys.modules, 'booster': hasattr(xgboost, 'Booster')}))")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HEPRAY_LEAN_XGBOOST": "1"}
     r = subprocess.run([sys.executable, "-c", code, json.dumps(bdt_job(tmp_path, rounds=40, shap_events=0))],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out == {"ray": False, "auc": out["auc"], "mode": "direct"} and out["auc"] > 0.93
+    assert out == {"ray": False, "auc": out["auc"], "mode": "direct", "sklearn": False, "booster": True}
+    assert out["auc"] > 0.93
     assert (tmp_path / "model" / "model.json").exists() and (tmp_path / "plots" / "roc.png").exists()
 
 

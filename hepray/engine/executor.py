@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from ..data.shard import Shard
 from ..errors import HeprayError
+from ..extras import LEAN_XGBOOST
 from ..io.parts import as_path, committed, write_part
 from .progress import Progress
 
@@ -29,6 +30,7 @@ class ShardWorker:
         # runtime_env, which would make Ray spawn fresh worker processes instead of reusing idle ones.
         for var in THREAD_VARS:
             os.environ[var] = str(max(1, int(num_cpus)))
+        os.environ[LEAN_XGBOOST] = "1"  # this process is the actor's alone (extras.import_xgboost)
         self.processor, self.parts_dir = processor, as_path(parts_dir)
         self.fmt, self.tree, self.compression = fmt, tree, compression
         self.num_cpus = max(1, int(num_cpus))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..extras import import_xgboost
 from ..report import metrics
 from . import plots
 
@@ -83,7 +84,7 @@ def two_sample_test(full: np.ndarray, flash: np.ndarray, seed: int, folds: int =
     and a pair always lands in the same fold, so the classifier never sees the twin of a test jet.
     Returns ``auc``, ``auc_null_std``, ``scores`` (out-of-fold, for plots) and the labels.
     """
-    import xgboost as xgb
+    xgb = import_xgboost()
 
     X = np.vstack([full, flash]).astype(np.float32)
     y = np.concatenate([np.zeros(len(full)), np.ones(len(flash))])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
+from ..extras import import_xgboost
 from ..models.artifact import read_model, save_metadata
 
 
@@ -78,7 +79,7 @@ class Artifact:
         return model.eval()
 
     def booster(self):
-        import xgboost as xgb
+        xgb = import_xgboost()
 
         if self.type != "xgboost":
             raise ModelLoadError(self.path, f"expected an xgboost model, found {self.type!r}")

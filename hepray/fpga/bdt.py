@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelLoadError
-from ..extras import require
+from ..extras import import_xgboost, require
 from .artifacts import Artifact
 from .fixed import FixedType
 
@@ -193,7 +193,7 @@ class XGBTrees:
 def dmatrix(booster, X: np.ndarray):
     """A float32 DMatrix carrying the booster's feature names (xgboost refuses unnamed data
     for a model trained with names)."""
-    import xgboost as xgb
+    xgb = import_xgboost()
 
     return xgb.DMatrix(np.asarray(X, dtype=np.float32), feature_names=booster.feature_names,
                        feature_types=booster.feature_types)

@@ -51,10 +51,10 @@ def _rate(mask: np.ndarray, w: np.ndarray) -> float:
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from ..report.metrics import roc
 
-    fpr, tpr, _ = roc_curve(labels, scores, sample_weight=weights, drop_intermediate=True)
-    return fpr, tpr, float(roc_auc_score(labels, scores, sample_weight=weights))
+    tpr, fpr, _ = roc(labels, scores, weights)
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
 def compare(float_out: np.ndarray, fixed_out: np.ndarray, labels: np.ndarray | None = None, *,

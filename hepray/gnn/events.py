@@ -112,10 +112,11 @@ def per_jet_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -
     """Log-loss, Brier score and AUC of per-jet pass probabilities ``p`` for outcomes ``y``:
     the first two judge calibrated probabilities (what an efficiency map must give), AUC only
     the ranking."""
-    from sklearn.metrics import brier_score_loss, log_loss
-
     from ..report.metrics import auc
 
     p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return {"log_loss": float(log_loss(y, p, sample_weight=w, labels=[0, 1])),
-            "brier": float(brier_score_loss(y, p, sample_weight=w)), "auc": auc(y, p, w), "jets": int(len(y))}
+    y = np.asarray(y, np.float64)
+    w = np.ones(len(p)) if w is None else np.asarray(w, np.float64)
+    log_loss = -np.average(y * np.log(p) + (1 - y) * np.log1p(-p), weights=w)
+    return {"log_loss": float(log_loss), "brier": float(np.average((p - y) ** 2, weights=w)), "auc": auc(y, p, w),
+            "jets": int(len(y))}

@@ -49,6 +49,9 @@ class RolesSpec(Spec):
     points: str = "pf_points"
     features: str = "pf_features"
     mask: str | None = "pf_mask"  # None: the padding mask of the features group
+    # a flat group (``length: None``) of jet-level variables joined to the pooled particle
+    # features before the fully connected layers, as CMS taggers add global jet inputs
+    globals: str | None = None
 
 
 def check_inputs(inputs: Mapping, roles: RolesSpec, method: str = "auto") -> dict:
@@ -69,6 +72,11 @@ def check_inputs(inputs: Mapping, roles: RolesSpec, method: str = "auto") -> dic
         raise ValueError(f"points, features and mask groups must share one length, got {sorted(lengths)}")
     if len(groups[roles.points]["vars"]) != 2:
         raise ValueError(f"{roles.points}: points are two coordinates (Δη, Δφ)")
+    if roles.globals is not None:
+        if roles.globals not in groups:
+            raise ValueError(f"network.globals names input group {roles.globals!r}, but `inputs:` has {sorted(groups)}")
+        if groups[roles.globals]["length"] is not None:
+            raise ValueError(f"{roles.globals}: the globals group holds one value per jet: write `length: null`")
     if roles.mask and groups[roles.mask]["pad_mode"] != "constant":
         raise ValueError(f"{roles.mask}: the mask group must use pad_mode: constant (wrap would unmask padding)")
     return params
@@ -109,6 +117,16 @@ class Constituents:
     def n_features(self) -> int:
         return len(self.params["groups"][self.roles["features"]]["vars"])
 
+    @property
+    def n_globals(self) -> int:
+        g = self.roles.get("globals")
+        return len(self.params["groups"][g]["vars"]) if g else 0
+
+    @property
+    def arguments(self) -> list[str]:
+        """The network's positional inputs, in order (stored with the model for inference)."""
+        return list(ROLES) + (["globals"] if self.n_globals else [])
+
     # -- transformation ----------------------------------------------------------------------
     def selected(self, cols: Mapping, where: str = "") -> dict:
         """The input variables with only the selected constituents (jagged ones filtered)."""
@@ -130,14 +148,18 @@ class Constituents:
         return dataclasses.replace(self, params=fit_padding(dict(sample), self.params, fraction=1.0, seed=seed))
 
     def arrays(self, cols: Mapping, where: str = "") -> dict[str, np.ndarray]:
-        """``{"points": [n, 2, P], "features": [n, C, P], "mask": [n, 1, P]}`` float32."""
+        """``{"points": [n, 2, P], "features": [n, C, P], "mask": [n, 1, P]}`` float32, plus
+        ``"globals": [n, G]`` when the network has a globals group."""
         arrays, masks = apply_padding(self.selected(cols, where), self.params)
         r = self.roles
         if r.get("mask"):
             mask = arrays[r["mask"]][:, :1, :] != 0
         else:
             mask = masks[r["features"]]
-        return {"points": arrays[r["points"]], "features": arrays[r["features"]], "mask": mask.astype(np.float32)}
+        out = {"points": arrays[r["points"]], "features": arrays[r["features"]], "mask": mask.astype(np.float32)}
+        if r.get("globals"):
+            out["globals"] = arrays[r["globals"]]
+        return out
 
     # -- stored with the model ----------------------------------------------------------------
     def to_meta(self) -> dict:

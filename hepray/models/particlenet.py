@@ -88,12 +88,14 @@ class ParticleNet(nn.Module):
     """``ParticleNet(input_dims=C, num_classes=2)`` (Lite); ``size="full"`` for the paper's net.
 
     ``conv_params`` [[k, [c1, c2, c3]], ...] and ``fc_params`` [[width, dropout], ...] override
-    the preset. Returns logits [B, num_classes]; ``penultimate`` gives the last FC hidden layer.
+    the preset. ``global_dims`` > 0 adds a ``globals`` input [B, G] (jet-level variables,
+    standardised like the features) joined to the pooled particle features before the FC layers.
+    Returns logits [B, num_classes]; ``penultimate`` gives the last FC hidden layer.
     """
 
     def __init__(self, input_dims: int, num_classes: int, size: str = "lite",
                  conv_params: list | None = None, fc_params: list | None = None,
-                 use_fusion: bool = True, use_fts_bn: bool = True, use_counts: bool = True):
+                 use_fusion: bool = True, use_fts_bn: bool = True, use_counts: bool = True, global_dims: int = 0):
         super().__init__()
         if size not in PRESETS:
             raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
@@ -101,7 +103,8 @@ class ParticleNet(nn.Module):
         fc_params = [[int(w), float(d)] for w, d in (fc_params or PRESETS[size]["fc_params"])]
         self.arch = {"name": "particlenet", "input_dims": input_dims, "num_classes": num_classes,
                      "size": size, "conv_params": conv_params, "fc_params": fc_params,
-                     "use_fusion": use_fusion, "use_fts_bn": use_fts_bn, "use_counts": use_counts}
+                     "use_fusion": use_fusion, "use_fts_bn": use_fts_bn, "use_counts": use_counts,
+                     "global_dims": int(global_dims)}
         self.use_counts = use_counts
         self.bn_fts = nn.BatchNorm1d(input_dims) if use_fts_bn else None
         self.edge_convs = nn.ModuleList()
@@ -116,6 +119,8 @@ class ParticleNet(nn.Module):
             self.fusion = nn.Sequential(nn.Conv1d(in_chn, out_chn, kernel_size=1, bias=False),
                                         nn.BatchNorm1d(out_chn), nn.ReLU())
             width = out_chn
+        self.global_dims = int(global_dims)
+        width += self.global_dims
         hidden: list[nn.Module] = []
         for w, drop in fc_params:
             hidden += [nn.Linear(width, w), nn.ReLU(), nn.Dropout(drop)]
@@ -141,8 +146,15 @@ class ParticleNet(nn.Module):
             return fts.sum(dim=-1) / counts
         return fts.mean(dim=-1)
 
-    def penultimate(self, points: Tensor, features: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.fc_hidden(self._pooled(points, features, mask))
+    def penultimate(self, points: Tensor, features: Tensor, mask: Tensor | None = None,
+                    globals: Tensor | None = None) -> Tensor:
+        pooled = self._pooled(points, features, mask)
+        if self.global_dims:
+            if globals is None:
+                raise ValueError(f"this ParticleNet was built with global_dims={self.global_dims}: pass `globals`")
+            pooled = torch.cat([pooled, globals.to(pooled.dtype)], dim=1)
+        return self.fc_hidden(pooled)
 
-    def forward(self, points: Tensor, features: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.fc_out(self.penultimate(points, features, mask))
+    def forward(self, points: Tensor, features: Tensor, mask: Tensor | None = None,
+                globals: Tensor | None = None) -> Tensor:
+        return self.fc_out(self.penultimate(points, features, mask, globals))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelLoadError
+from ..extras import import_xgboost
 from .artifact import read_model
 
 
@@ -53,7 +54,7 @@ class ModelBundle:
 
 
 def _load_xgboost(bundle: ModelBundle, nthread: int):
-    import xgboost as xgb
+    xgb = import_xgboost()
 
     booster = xgb.Booster()
     try:

@@ -16,6 +16,14 @@ def _plt():
     return plt
 
 
+def prefetch() -> None:
+    """Import matplotlib in a background thread (0.6-1.2 s) while the caller reads data or fits,
+    which leaves a core free much of the time; the first plot then finds it imported."""
+    import threading
+
+    threading.Thread(target=_plt, name="hepray-import-matplotlib", daemon=True).start()
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

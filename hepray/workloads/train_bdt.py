@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from ..config import Spec
+from ..extras import import_xgboost
 from ..models.artifact import save_metadata
 from ..report import plots
 from .base import Workload
@@ -72,7 +73,7 @@ class TrainBDTConfig(TrainJob):
 
 
 def _fit(params, dtrain, dval, rounds, early):
-    import xgboost as xgb
+    xgb = import_xgboost()
 
     # Only the validation set is evaluated each round (early stopping): evaluating the training set
     # too cost ~20% of the fit at 1 M events and nothing read it.
@@ -86,7 +87,7 @@ def _fit(params, dtrain, dval, rounds, early):
 
 
 def _bag_one(X, y, w, params, rounds, seed, X_test):
-    import xgboost as xgb
+    xgb = import_xgboost()
 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), len(y))
@@ -101,7 +102,8 @@ class TrainBDT(Workload):
     Config = TrainBDTConfig
 
     def run(self, ctx) -> dict:
-        import xgboost as xgb
+        plots.prefetch()  # the evaluation plots come last; their import overlaps reading and the fit
+        xgb = import_xgboost()
 
         from ..engine.runtime import ensure_ray, local_cpus, ray_on_hand
 
@@ -164,7 +166,7 @@ class TrainBDT(Workload):
         """Ray Train XGBoostTrainer; each worker gets its part of the training rows."""
         import ray
         import ray.data
-        import xgboost as xgb
+        xgb = import_xgboost()
         from ray.train import RunConfig, ScalingConfig
         from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
@@ -202,7 +204,7 @@ class TrainBDT(Workload):
 
     def _train_external(self, ctx, plan):
         """One shard in memory at a time: xgboost builds quantiles and pages from the iterator."""
-        import xgboost as xgb
+        xgb = import_xgboost()
 
         from ..data.loading import iter_columns
 
@@ -259,12 +261,12 @@ class TrainBDT(Workload):
         S[rows] = booster.inplace_predict(data.X[rows]).reshape(int(rows.sum()), -1)
         pdir = ctx.run_dir / "plots"
         t = data.test
-        out = score_report(S, data, classes, pdir, "BDT", train=train)
+        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.run_dir / "test_scores.parquet")
         gain = booster.get_score(importance_type="total_gain")
         out["importance_gain"] = {f: float(gain.get(f"f{i}", 0.0)) for i, f in enumerate(job.features)}
         plots.bar_ranking(out["importance_gain"], pdir / "importance_gain.png", "feature importance", "total gain")
         if job.shap_events:
-            import xgboost as xgb
+            xgb = import_xgboost()
 
             idx = np.flatnonzero(t)[: job.shap_events]
             contrib = booster.predict(xgb.DMatrix(data.X[idx]), pred_contribs=True)

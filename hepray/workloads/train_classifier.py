@@ -330,7 +330,7 @@ class TrainClassifier(Workload):
         evaluator = diagnostics.Evaluator(clf, rows.mean, rows.scale, task)
         S = evaluator.scores(data.X)
         pdir = ctx.run_dir / "plots"
-        result = score_report(S, data, classes, pdir, "DNN")
+        result = score_report(S, data, classes, pdir, "DNN", scores_path=ctx.run_dir / "test_scores.parquet")
         result.update(task=task, training={"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info})
         diagnostics.plot_history(fit_info["history"], pdir / "training.png")
         timed("evaluate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -158,15 +159,34 @@ def class_names(job: TrainJob, data: Data) -> list[str]:
     return [str(c) for c in range(data.n_classes)]
 
 
+def write_test_scores(path, S: np.ndarray, data: Data, classes: list[str]) -> None:
+    """The test events' scores as Parquet with the event-identity split value (``hepray_u``),
+    in dataset order: models trained on the same dataset and split share these rows, so their
+    scores line up for paired comparisons (the GNN benchmark bootstraps AUC differences this
+    way). Objects of one event (two jets) share ``hepray_u`` and keep their file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = data.test
+    names = ["score"] if S.shape[1] == 1 else [f"score_{c}" for c in classes]
+    cols = {SPLIT: np.asarray(data.cols[SPLIT])[t], "sample": data.sample[t].astype(np.int16),
+            "label": data.y[t], "weight": data.raw_weight[t], **{n: S[t, j] for j, n in enumerate(names)}}
+    table = pa.table(cols).replace_schema_metadata({"samples": ",".join(data.samples), "classes": ",".join(classes)})
+    tmp = Path(path).with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
 def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_name: str,
-                 train: np.ndarray | None = None) -> dict:
+                 train: np.ndarray | None = None, scores_path=None) -> dict:
     """Test-set metrics and plots of any classifier's scores ``S`` [n, K] (K = 1: binary).
 
     Binary: AUC, rejection at 30/50% signal efficiency, train AUC and train-vs-test KS per class
     (overtraining), ROC, score and per-sample score plots. Multi-class: one-vs-rest AUC, ROC
     and score plots per class, accuracy of the highest score, train-vs-test KS per class.
     ``train``: the training rows the overtraining checks use (default all; ``S`` need only be
-    filled on these and the test rows).
+    filled on these and the test rows). ``scores_path``: also write the test scores there
+    (:func:`write_test_scores`).
     """
     from ..report import metrics, plots
 
@@ -174,6 +194,8 @@ def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_
                  "classes": classes}
     t, y, w = data.test, data.y, data.raw_weight
     tr = data.train if train is None else train
+    if scores_path is not None:
+        write_test_scores(scores_path, S, data, classes)
     if S.shape[1] == 1:
         s = S[:, 0]
         out.update(metrics.binary_summary(y[t], s[t], w[t]))

@@ -45,7 +45,6 @@ from .train_common import (
 )
 
 SCORE = "hepray_score"
-ARGUMENTS = ["points", "features", "mask"]
 
 
 class NetworkSpec(RolesSpec):
@@ -160,8 +159,9 @@ def build_network(setup: dict):
     job: TrainGNNConfig = setup["job"]
     torch.manual_seed(job.seed)
     n = job.network
-    return ParticleNet(setup["rows"].constituents.n_features, setup["n_outputs"], size=n.size,
-                       conv_params=n.conv_params, fc_params=n.fc_params)
+    c = setup["rows"].constituents
+    return ParticleNet(c.n_features, setup["n_outputs"], size=n.size, conv_params=n.conv_params,
+                       fc_params=n.fc_params, global_dims=c.n_globals)
 
 
 def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, device=None, log=None):
@@ -185,7 +185,7 @@ def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, de
     val = ShardBatches(shards, functools.partial(rows, part="val"), 4 * t.batch_size, rows=setup["rows_val"],
                        shuffle=False, **common)
     optimizer = torch.optim.AdamW(model.parameters(), t.learning_rate, weight_decay=t.weight_decay)
-    objective = Classification(inputs=ARGUMENTS)
+    objective = Classification(inputs=rows.constituents.arguments)
     result = fit(model, optimizer, objective, train, config=loop_config(t), val_batches=lambda epoch: val(0),
                  val_step=objective.validate, checkpoints=checkpoints, device=device, log=log)
     return model, result
@@ -249,7 +249,7 @@ class TrainGNN(Workload):
         data = Data(cols, job.model_copy(update={"features": score_names}))
         classes = class_names(job, data)
         pdir = ctx.run_dir / "plots"
-        result = score_report(data.X, data, classes, pdir, "ParticleNet")
+        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.run_dir / "test_scores.parquet")
         result["training"] = {"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info}
         result.update(task=task, network=model.arch, parameters=int(sum(p.numel() for p in model.parameters())))
         plot_history(fit_info["history"], pdir / "training.png")
@@ -269,7 +269,7 @@ class TrainGNN(Workload):
         mdir.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), mdir / "model.pt")
         meta = {"type": "torch", "file": "model.pt", "features": None, "classes": [], "task": task,
-                "architecture": model.arch, "inputs": {"arguments": ARGUMENTS, **constituents.to_meta()},
+                "architecture": model.arch, "inputs": {"arguments": constituents.arguments, **constituents.to_meta()},
                 # the derived columns the inputs are built from: infer_gnn reads them from here
                 "expressions": dict(self.job.dataset.expressions),
                 "training": {k: fit_info[k] for k in ("epochs_done", "best_epoch", "events_per_s")}}
