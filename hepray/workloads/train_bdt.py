@@ -26,6 +26,7 @@ from ..report import plots
 from .base import Workload
 from .registry import register
 from .train_common import (
+    TEST_SCORES,
     Data,
     TrainJob,
     class_names,
@@ -261,7 +262,7 @@ class TrainBDT(Workload):
         S[rows] = booster.inplace_predict(data.X[rows]).reshape(int(rows.sum()), -1)
         pdir = ctx.run_dir / "plots"
         t = data.test
-        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.run_dir / "test_scores.parquet")
+        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.run_dir / TEST_SCORES)
         gain = booster.get_score(importance_type="total_gain")
         out["importance_gain"] = {f: float(gain.get(f"f{i}", 0.0)) for i, f in enumerate(job.features)}
         plots.bar_ranking(out["importance_gain"], pdir / "importance_gain.png", "feature importance", "total gain")

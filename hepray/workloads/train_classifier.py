@@ -39,6 +39,7 @@ from ..models.artifact import save_metadata
 from .base import Workload
 from .registry import register
 from .train_common import (
+    TEST_SCORES,
     TrainJob,
     class_names,
     class_setup,
@@ -330,7 +331,7 @@ class TrainClassifier(Workload):
         evaluator = diagnostics.Evaluator(clf, rows.mean, rows.scale, task)
         S = evaluator.scores(data.X)
         pdir = ctx.run_dir / "plots"
-        result = score_report(S, data, classes, pdir, "DNN", scores_path=ctx.run_dir / "test_scores.parquet")
+        result = score_report(S, data, classes, pdir, "DNN", scores_path=ctx.run_dir / TEST_SCORES)
         result.update(task=task, training={"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info})
         diagnostics.plot_history(fit_info["history"], pdir / "training.png")
         timed("evaluate")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,6 +12,7 @@ from ..config import DatasetSpec, JobConfig, Spec
 from ..data.columns import LABEL, SAMPLE, WEIGHT
 from ..data.loading import SPLIT, load_columns
 from ..errors import ConfigError
+from ..io.parts import as_path, staged_file
 
 
 class SplitSpec(Spec):
@@ -159,6 +159,9 @@ def class_names(job: TrainJob, data: Data) -> list[str]:
     return [str(c) for c in range(data.n_classes)]
 
 
+TEST_SCORES = "test_scores.parquet"  # in the run directory of every training workload
+
+
 def write_test_scores(path, S: np.ndarray, data: Data, classes: list[str]) -> None:
     """The test events' scores as Parquet with the event-identity split value (``hepray_u``),
     in dataset order: models trained on the same dataset and split share these rows, so their
@@ -172,9 +175,8 @@ def write_test_scores(path, S: np.ndarray, data: Data, classes: list[str]) -> No
     cols = {SPLIT: np.asarray(data.cols[SPLIT])[t], "sample": data.sample[t].astype(np.int16),
             "label": data.y[t], "weight": data.raw_weight[t], **{n: S[t, j] for j, n in enumerate(names)}}
     table = pa.table(cols).replace_schema_metadata({"samples": ",".join(data.samples), "classes": ",".join(classes)})
-    tmp = Path(path).with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with staged_file(as_path(path)) as local:  # whole or not at all, local disk or object store
+        pq.write_table(table, local)
 
 
 def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_name: str,

@@ -36,6 +36,7 @@ from .base import Workload
 from .registry import register
 from .train_classifier import TrainingSpec
 from .train_common import (
+    TEST_SCORES,
     Data,
     TrainJob,
     class_names,
@@ -249,7 +250,7 @@ class TrainGNN(Workload):
         data = Data(cols, job.model_copy(update={"features": score_names}))
         classes = class_names(job, data)
         pdir = ctx.run_dir / "plots"
-        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.run_dir / "test_scores.parquet")
+        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.run_dir / TEST_SCORES)
         result["training"] = {"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info}
         result.update(task=task, network=model.arch, parameters=int(sum(p.numel() for p in model.parameters())))
         plot_history(fit_info["history"], pdir / "training.png")
