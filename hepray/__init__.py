@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from .api import Dataset, plan, run
+from .api import Dataset, plan, release_workers, run
 from .config import DatasetSpec, JobConfig, load_job
 from .data.shard import Shard
 from .errors import ConfigError, DataError, HeprayError
 from .workloads import REGISTRY, register
 
 __version__ = "0.1.0"
-__all__ = ["Dataset", "DatasetSpec", "JobConfig", "Shard", "run", "plan", "load_job", "register", "REGISTRY",
+__all__ = ["Dataset", "DatasetSpec", "JobConfig", "Shard", "run", "plan", "release_workers", "load_job", "register", "REGISTRY",
            "HeprayError", "ConfigError", "DataError", "__version__"]

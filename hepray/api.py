@@ -1,5 +1,6 @@
 """The Python API the CLI is a thin layer over. Two runs in one process work: Ray is started
-once and reused; nothing is kept in module state between runs."""
+once and reused, and so are the shard actors of the last run for ``engine.keep_warm_s`` seconds
+(``release_workers()`` frees them now); no other state is kept between runs."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def run(job, *, resume: bool = False, overwrite: bool = False, workers: int | No
     write_json_atomic(ctx.run_dir / "summary.json", summary)
     ctx.log(_one_line(summary))
     return summary
+
+
+def release_workers() -> int:
+    """Free the CPUs held by idle shard actors kept warm for the next run (engine.keep_warm_s);
+    returns how many actors there were. Ray itself stays up."""
+    from .engine import pool
+
+    return pool.release()
 
 
 def plan(job_or_dataset, registry=None) -> dict:

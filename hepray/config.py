@@ -105,6 +105,8 @@ class EngineSpec(Spec):
     max_retries: int = Field(2, ge=0)
     on_error: Literal["fail", "skip"] = "fail"
     progress_every_s: float = Field(5.0, gt=0)
+    # idle actors kept for the next run in this process (0: none); they hold their CPUs meanwhile
+    keep_warm_s: float = Field(30.0, ge=0)
 
 
 class JobConfig(Spec):

@@ -143,6 +143,7 @@ def test_part_on_a_store_counts_only_with_its_marker_and_is_overwritten(tmp_path
 
 def test_actor_body_writes_to_a_store(toy):
     """ShardWorker.run (what each Ray actor runs), in this process against memory://."""
+    from hepray.data import files
     from hepray.engine.executor import ShardWorker
     from hepray.models.predict import ModelBundle
     from hepray.workloads.infer import InferProcessor
@@ -151,7 +152,10 @@ def test_actor_body_writes_to_a_store(toy):
     shard = hepray.plan(job)["shards"][0]
     proc = InferProcessor(ModelBundle.read(toy["model"]), job.dataset, ["f0", "f1", "f2", "f3"], "score", [], 10**6)
     url = f"memory://hepray-test-{secrets.token_hex(4)}/run/parts"
-    res = ShardWorker(proc, url, "root", "hepray", "zstd", 1).run(shard.to_dict())
+    try:
+        res = ShardWorker(1).run(shard.to_dict(), "run-1", [(proc, url, "root", "hepray", "zstd")])
+    finally:
+        files.keep_open(0)  # what an actor keeps open, this test process must not
     assert res["status"] == "ok" and res["n_out"] == shard.num_entries
     assert res == committed(url, shard.shard_id)
 

@@ -58,7 +58,7 @@ class RunContext:
 
     # -- Ray ---------------------------------------------------------------------------------
     def workers(self) -> int:
-        ensure_ray(self.address)
+        ensure_ray(self.address, keep_pool=True)
         if self._workers:
             return self._workers
         return max(1, int(cluster_cpus() / self.job.engine.cpus_per_worker))
@@ -100,7 +100,7 @@ class RunContext:
             shards, processor, parts_dir, fmt=out.format, tree=tree or out.tree, compression=out.compression,
             workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
             max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
-            label=self.job.name,
+            label=self.job.name, keep_warm_s=eng.keep_warm_s,
         )
         failed = [r for r in summary["results"] if r["status"] != "ok"]
         skipped_files = shards.skipped if isinstance(shards, Plan) else []

@@ -1,9 +1,9 @@
 """The shard executor: a pool of Ray actors, a bounded number of shards in flight.
 
 The driver holds only counters and the refs in flight, so its memory does not grow with the
-dataset. Each actor sets up its processor once (model loaded once, not per shard), limits its
-math-library threads to the CPUs Ray gave it, processes a shard and writes its part itself:
-arrays never travel back to the driver.
+dataset. Each actor sets up the run's processor once (model loaded once per run, not per shard),
+limits its math-library threads to the CPUs Ray gave it, processes a shard and writes its part
+itself: arrays never travel back to the driver. Actors stay warm between runs (engine.pool).
 """
 
 from __future__ import annotations
@@ -11,43 +11,61 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import uuid
 from collections.abc import Iterable
 
+from ..data import files
 from ..data.shard import Shard
 from ..errors import HeprayError
 from ..extras import LEAN_XGBOOST
 from ..io.parts import as_path, committed, write_part
+from . import pool
 from .progress import Progress
 
+KEEP_OPEN = 2  # trees an actor keeps open for its next shards (a NanoAOD tree costs ~0.3 s to open)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_MAX_THREADS")
 
 
 class ShardWorker:
-    """Actor body. Restarted by Ray if its process dies; setup then runs again, lazily."""
+    """Actor body, kept warm between runs (engine.pool). Each run's settings come with its tasks as
+    (token, [ref]): a new token means a new run (or an actor Ray restarted, which lost them), and
+    the actor then fetches the processor and sets it up: once per actor and run, not per shard."""
 
-    def __init__(self, processor, parts_dir: str, fmt: str, tree: str, compression: str, num_cpus: float):
+    def __init__(self, num_cpus: float):
         # Before any math library starts its thread pool in this process. Set here rather than in a
         # runtime_env, which would make Ray spawn fresh worker processes instead of reusing idle ones.
         for var in THREAD_VARS:
             os.environ[var] = str(max(1, int(num_cpus)))
         os.environ[LEAN_XGBOOST] = "1"  # this process is the actor's alone (extras.import_xgboost)
-        self.processor, self.parts_dir = processor, as_path(parts_dir)
-        self.fmt, self.tree, self.compression = fmt, tree, compression
         self.num_cpus = max(1, int(num_cpus))
-        self.ready = False
+        self.token = None
+
+    def _configure(self, token: str, box: list) -> None:
+        settings = box[0]
+        if not isinstance(settings, tuple):  # an ObjectRef, boxed so Ray does not fetch it per task
+            import ray
+
+            settings = ray.get(settings)
+        processor, parts_dir, self.fmt, self.tree, self.compression = settings
+        self.processor, self.parts_dir = processor, as_path(parts_dir)
+        files.keep_open(0)  # a new run: handles from the last one may name replaced files
+        files.keep_open(KEEP_OPEN)
+        self.processor.setup(self.num_cpus)
+        self.token = token
 
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, shard_dict: dict) -> dict:
+    def run(self, shard_dict: dict, token: str, box: list) -> dict:
+        """Process one shard and commit its part; ``box`` = [(processor, parts_dir, fmt, tree,
+        compression)] or [a ref to it]."""
         shard = Shard.from_dict(shard_dict)
         t0 = time.perf_counter()
         base = {"shard_id": shard.shard_id, "index": shard.index, "source": shard.describe(), "sample": shard.sample,
                 "n_in": shard.num_entries, "pid": os.getpid()}
         try:
-            if not self.ready:
-                self.processor.setup(self.num_cpus)
-                self.ready = True
+            if token != self.token:
+                self._configure(token, box)
             part = self.processor.process(shard)
             cols = part.columns
             n_out = len(next(iter(cols.values()))) if cols else 0
@@ -66,22 +84,25 @@ class ShardWorker:
 def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree: str, compression: str,
                workers: int, cpus_per_worker: float = 1.0, in_flight: int | None = None, max_retries: int = 2,
                resume: bool = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
-               label: str = "run") -> dict:
+               label: str = "run", keep_warm_s: float = 0.0) -> dict:
     """Run ``processor`` over ``shards`` on ``workers`` actors; return counters and per-shard results.
 
     ``total`` = (shards, events) for the progress line and ETA. Results of committed shards are
-    read from their markers, so the returned list is complete on --resume too.
+    read from their markers, so the returned list is complete on --resume too. The actors come
+    from, and go back to, the warm pool (``keep_warm_s`` > 0; see engine.pool).
     """
     import ray
 
     parts_dir = as_path(parts_dir)  # a local Path or a StorePath (s3://...)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    Actor = ray.remote(ShardWorker).options(num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=max_retries)
-    # the processor travels inline with each actor's constructor (it holds only config and model
-    # bytes), so a restarted actor can always rebuild it
-    actors = [Actor.remote(processor, str(parts_dir), fmt, tree, compression, cpus_per_worker) for _ in range(workers)]
+    actors, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries)
+    # the run's settings (the processor holds config and model bytes) go to the object store once;
+    # the driver holds the ref until the end, so a restarted actor can always fetch them again
+    token = uuid.uuid4().hex
+    box = [ray.put((processor, str(parts_dir), fmt, tree, compression))]
     per_actor = 1 + (in_flight if in_flight is not None else 1)
     load = [0] * workers
+    last_file: list[str | None] = [None] * workers  # an actor keeps the trees it read open (KEEP_OPEN)
     pending: dict = {}  # ref -> (actor index, shard)
     results: list[dict] = []
     n_shards, n_events = total or (0, 0)
@@ -102,6 +123,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             results.append(res)
             prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
 
+    parked = False
     try:
         for shard in shards:
             if resume:
@@ -112,13 +134,18 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                     prog.shards += 1
                     continue
             drain(workers * per_actor - 1)
-            i = min(range(workers), key=load.__getitem__)
+            least = min(load)  # balance first; among the least loaded, the actor that read this file last
+            i = next((j for j in range(workers) if load[j] == least and last_file[j] == shard.file), load.index(least))
             load[i] += 1
-            pending[actors[i].run.remote(shard.to_dict())] = (i, shard)
+            last_file[i] = shard.file
+            pending[actors[i].run.remote(shard.to_dict(), token, box)] = (i, shard)
         drain(0)
+        pool.park(actors, pool_key, keep_warm_s)
+        parked = True
     finally:
-        for a in actors:
-            ray.kill(a)
+        if not parked:  # interrupted: work may still be in flight on them
+            for a in actors:
+                ray.kill(a)
     prog.print(final=True)
     results.sort(key=lambda r: r.get("index", 0))
     return {

@@ -8,10 +8,16 @@ import os
 import sys
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, keep_pool: bool = False) -> None:
+    """Every hepray stage calls this before it asks Ray for CPUs: it also frees the CPUs that idle
+    shard actors hold (engine.pool), unless the caller is the shard executor that reuses them."""
     import ray
 
     if ray.is_initialized():
+        if not keep_pool:
+            from . import pool
+
+            pool.release()
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True)

@@ -119,6 +119,9 @@ def run_scan(art: Artifact, Z: np.ndarray, labels: np.ndarray | None, grid: list
     if use_ray:
         import ray
 
+        from ..engine.runtime import ensure_ray
+
+        ensure_ray()  # joins or starts Ray, and frees CPUs held by idle shard actors
         task = ray.remote(num_cpus=1, max_retries=1)(evaluate_point)
         shared = [ray.put(x) for x in (Z, float_out, labels)]
         refs = [task.remote(*args, p, *shared, fidelity_kw, list(reuse_factors)) for p in points]

@@ -87,6 +87,9 @@ def map_shard_tasks(fn: Callable[..., Any], shards: Iterable, *args, parallel: b
         return
     import ray
 
+    from ..engine.runtime import ensure_ray
+
+    ensure_ray()  # joined already; frees CPUs held by idle shard actors
     remote = ray.remote(num_cpus=1, max_retries=2)(fn)
     window = window or max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
     arg_refs = [ray.put(a) for a in args]

@@ -37,7 +37,7 @@ class InferProcessor(ShardProcessor):
 
     def process(self, shard) -> PartData:
         cols, n_in = read_shard(shard, self.dataset, extra=self.features + self.keep)
-        X = feature_matrix(cols, self.features, shard.file)
+        X = feature_matrix(cols, self.features, shard.file, order=self.bundle.matrix_order)
         scores = [self.predict(X[i:i + self.batch_size]) for i in range(0, len(X), self.batch_size)]
         S = np.concatenate(scores) if scores else np.zeros((0, len(self.bundle.output_names())), np.float32)
         out = {k: cols[k] for k in identity_columns(cols, self.dataset) + self.keep}
