@@ -168,10 +168,17 @@ def test_job_with_a_file_url_output(ray_session, toy, tmp_path):
 
 # -- a real Ray head and the Jobs API -----------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(k: int) -> list[int]:
+    """``k`` distinct free ports: all held open at once while asking (one at a time, the OS may
+    hand out the same port twice, and Ray refuses to start)."""
+    socks = [socket.socket() for _ in range(k)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _wait_http(url: str, token: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -200,10 +207,10 @@ class Head:
 
     def __init__(self, env: dict, log: Path):
         self.tmp = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-        self.gcs, self.dash = _free_port(), _free_port()
-        ports = {f"--{k}": str(_free_port()) for k in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                         "runtime-env-agent-port", "metrics-export-port",
-                                                         "object-manager-port", "node-manager-port")}
+        names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                 "metrics-export-port", "object-manager-port", "node-manager-port")
+        self.gcs, self.dash, *rest = _free_ports(2 + len(names))
+        ports = {f"--{k}": str(p) for k, p in zip(names, rest)}
         self.cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs),
                     "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash),
                     "--num-cpus", "2", "--temp-dir", self.tmp, "--disable-usage-stats",

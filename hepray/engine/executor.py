@@ -123,9 +123,10 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             results.append(res)
             prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
 
-    parked = False
+    parked, seen = False, 0
     try:
         for shard in shards:
+            seen += 1
             if resume:
                 rec = committed(parts_dir, shard.shard_id)
                 if rec is not None:
@@ -133,9 +134,13 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                     prog.skipped += rec.get("n_in", 0)
                     prog.shards += 1
                     continue
-            drain(workers * per_actor - 1)
-            least = min(load)  # balance first; among the least loaded, the actor that read this file last
-            i = next((j for j in range(workers) if load[j] == least and last_file[j] == shard.file), load.index(least))
+            # the last ``workers`` shards go only to idle actors: queued behind a busy actor, one of
+            # them could keep the run going for a whole shard while another actor sits idle
+            room = 1 if n_shards and n_shards - seen < workers else per_actor
+            drain(workers * room - 1)
+            # the actor that read this file last, if it has room (its tree is still open), else the least loaded
+            free = [j for j in range(workers) if load[j] < room]
+            i = next((j for j in free if last_file[j] == shard.file), min(free, key=load.__getitem__))
             load[i] += 1
             last_file[i] = shard.file
             pending[actors[i].run.remote(shard.to_dict(), token, box)] = (i, shard)
