@@ -78,3 +78,67 @@ def test_progress_line_shows_rate_and_eta(ray_session, toy, tmp_path, capsys):
     hepray.run(infer_job(toy, tmp_path, engine={"progress_every_s": 0.001}))
     err = capsys.readouterr().err
     assert "ev/s" in err and "ETA" in err and "shards 8/8" in err
+
+
+def _pids(run_dir) -> set[int]:
+    man = json.loads((run_dir / "parts" / "_manifest.json").read_text())
+    return {int(p) for part in man["parts"] for p in uproot.open(run_dir / "parts" / part["part"])["hepray"]["pid"].array(library="np")}
+
+
+def test_actors_kept_warm_between_runs_then_released(ray_session, toy, tmp_path):
+    """A second run in one process reuses the first run's actors (setup runs again, once, for the
+    new run); release_workers() and any other stage asking Ray for CPUs free them."""
+    from hepray.engine import pool
+    from hepray.engine.runtime import ensure_ray
+
+    reg = make_registry()
+
+    def job(out, **engine):
+        return {"kind": "probe", "dataset": {"files": toy["files"], "shard_events": 5000}, "output": {"dir": str(out)},
+                "engine": {"workers": 2, "progress_every_s": 60, **engine}}
+
+    hepray.run(job(tmp_path / "a"), registry=reg, quiet=True)
+    assert pool.parked() == 2
+    hepray.run(job(tmp_path / "b"), registry=reg, quiet=True)
+    assert _pids(tmp_path / "b") == _pids(tmp_path / "a")  # the same two processes
+    man = json.loads((tmp_path / "b" / "parts" / "_manifest.json").read_text())
+    setups = np.concatenate([uproot.open(tmp_path / "b" / "parts" / p["part"])["hepray"]["setups"].array(library="np") for p in man["parts"]])
+    assert set(setups.tolist()) == {1}  # the new run's processor, set up once per actor
+
+    ensure_ray()  # what Ray Train, planning and reading tasks call first
+    assert pool.parked() == 0
+    hepray.run(job(tmp_path / "c"), registry=reg, quiet=True)
+    assert not _pids(tmp_path / "c") & _pids(tmp_path / "b")  # fresh actors
+    assert hepray.release_workers() == 2 and pool.parked() == 0
+    hepray.run(job(tmp_path / "d", keep_warm_s=0), registry=reg, quiet=True)
+    assert pool.parked() == 0  # keep_warm_s: 0 turns the pool off
+
+
+def test_trees_kept_open_only_when_asked(toy):
+    """Actors keep the trees they read open for their next shard; elsewhere every read closes
+    its file, and a handle that saw an error is dropped."""
+    from hepray.data import files
+
+    spec = DatasetSpec(files=toy["files"], shard_events=5000)
+    shards = hepray.Dataset(spec).plan()
+    try:
+        files.keep_open(2)
+        a, _ = read_shard(shards[0], spec, ["f0"])
+        b, _ = read_shard(shards[1], spec, ["f0"])  # the same file, through the kept handle
+        assert len(files._kept) == 1
+        assert np.array_equal(b["hepray_entry"], np.arange(shards[1].entry_start, shards[1].entry_stop))
+        with pytest.raises(hepray.DataError, match="nope"):
+            read_shard(shards[0], spec, ["nope"])
+        assert len(files._kept) == 0  # dropped after the error
+    finally:
+        files.keep_open(0)
+    read_shard(shards[0], spec, ["f0"])
+    assert len(files._kept) == 0
+
+
+def test_column_major_feature_matrix_equals_row_major():
+    from hepray.data.reading import feature_matrix
+
+    cols = {f"x{i}": np.random.default_rng(i).normal(size=1000).astype(np.float32) for i in range(5)}
+    C, F = feature_matrix(cols, list(cols)), feature_matrix(cols, list(cols), order="F")
+    assert F.flags.f_contiguous and C.flags.c_contiguous and np.array_equal(C, F)
