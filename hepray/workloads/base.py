@@ -24,8 +24,10 @@ class PartData:
 
 
 class ShardProcessor:
-    """Runs inside a Ray actor. Built on the driver, pickled once per actor, then
-    ``setup()`` once per actor (load the model here, not per shard) and ``process()`` per shard.
+    """Runs inside a Ray actor. Built on the driver, put in Ray's object store once per run and
+    fetched by each actor, then ``setup()`` once per actor and run (load the model here, not per
+    shard) and ``process()`` per shard. Actors outlive runs (engine.pool): keep per-run state on
+    the processor, not in module globals.
     Keep heavy state out of ``__init__`` so the pickle stays small."""
 
     def setup(self, num_cpus: int) -> None:  # noqa: B027 - optional hook
