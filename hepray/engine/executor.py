@@ -149,8 +149,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         parked = True
     finally:
         if not parked:  # interrupted: work may still be in flight on them
-            for a in actors:
-                ray.kill(a)
+            pool.kill(actors)
     prog.print(final=True)
     results.sort(key=lambda r: r.get("index", 0))
     return {

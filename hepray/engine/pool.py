@@ -30,9 +30,9 @@ def acquire(actor_cls, n: int, num_cpus: float, max_retries: int) -> tuple[list,
         _cancel_timer()
         taken = _actors if _key == key else []
         if _key != key:
-            _kill(_actors)
+            kill(_actors)
         _key, _actors = None, []  # taken out: a run that fails kills them instead of parking
-    _kill(taken[n:])
+    kill(taken[n:])
     taken = taken[:n]
     Actor = ray.remote(actor_cls).options(num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_retries)
     return taken + [Actor.remote(num_cpus) for _ in range(n - len(taken))], key
@@ -42,11 +42,11 @@ def park(actors: list, key: tuple, keep_warm_s: float) -> None:
     """Keep idle ``actors`` for the next run, for at most ``keep_warm_s`` seconds."""
     global _key, _actors, _timer
     if keep_warm_s <= 0:
-        _kill(actors)
+        kill(actors)
         return
     with _lock:
         _cancel_timer()
-        _kill(_actors)
+        kill(_actors)
         _key, _actors = key, list(actors)
         _timer = threading.Timer(keep_warm_s, release)
         _timer.daemon = True
@@ -59,7 +59,7 @@ def release() -> int:
     with _lock:
         _cancel_timer()
         n = len(_actors)
-        _kill(_actors)
+        kill(_actors)
         _key, _actors = None, []
     return n
 
@@ -75,7 +75,8 @@ def _cancel_timer() -> None:
         _timer = None
 
 
-def _kill(actors: list) -> None:
+def kill(actors: list) -> None:
+    """Kill ``actors`` (dead ones and handles from an earlier Ray session are skipped)."""
     if not actors:
         return
     import ray
