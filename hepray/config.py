@@ -9,11 +9,12 @@ runs or is written.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from .errors import ConfigError, UnknownKind
 
@@ -49,6 +50,9 @@ class DatasetSpec(Spec):
     aliases: dict[str, str] = {}  # column name -> branch path, for names like "Info/runNum"
     expressions: dict[str, str] = {}
     cut: str | None = None
+    # ordered `- define: {name: expression}` / `- filter: expression` entries (docs/analysis.md);
+    # from Python a define may be a callable of the shard's awkward record array
+    steps: list[dict[str, Any]] = []
     event_id: list[str] | None = None  # default: detected run/lumi/event branches
     shard_events: int = Field(200_000, gt=0)
     shard_bytes: int | None = Field(None, gt=0)
@@ -65,7 +69,17 @@ class DatasetSpec(Spec):
             Expression(text, field=f"expressions.{name}")
         if self.cut:
             Expression(self.cut, field="cut")
+        for i, step in enumerate(self.steps):
+            _check_step(step, f"steps[{i}]")
         return self
+
+    @field_serializer("steps")
+    def _steps_text(self, steps, info):
+        """A Python callable is written (job.yaml, JSON) as its qualified name; texts as they are."""
+        if info.mode != "json":
+            return steps
+        return [{k: ({n: _callable_name(t) if callable(t) else t for n, t in v.items()} if k == "define" else v)
+                 for k, v in s.items()} for s in steps]
 
     def with_expressions(self, stored: dict[str, str], where: str = "", field: str = "model") -> DatasetSpec:
         """This spec plus ``stored`` expressions (those a model was trained with) it does not
@@ -82,6 +96,44 @@ class DatasetSpec(Spec):
         if self.samples:
             return list(self.samples)
         return [SampleSpec(name="data", files=self.files)]
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_step(step: dict, field: str):
+    from .data.expressions import Expression
+
+    keys = set(step) - {"needs"}
+    if len(keys) != 1 or not keys <= {"define", "filter"}:
+        raise ConfigError("", field, "each step is `define: {name: expression, ...}` or `filter: expression`"
+                          f" (got {sorted(step)})")
+    if "filter" in step:
+        if not isinstance(step["filter"], str):
+            raise ConfigError("", f"{field}.filter", "must be an expression (text)")
+        if "needs" in step:
+            raise ConfigError("", f"{field}.needs", "only a define of a Python callable takes `needs:`")
+        Expression(step["filter"], field=f"{field}.filter")
+        return
+    defs = step["define"]
+    if not isinstance(defs, dict) or not defs:
+        raise ConfigError("", f"{field}.define", "must map new column names to expressions")
+    for name, text in defs.items():
+        if not isinstance(name, str) or not _NAME.match(name) or name.startswith("hepray_"):
+            raise ConfigError("", f"{field}.define", f"{name!r} is not a column name (letters, digits, _; "
+                              "not starting with hepray_)")
+        if callable(text):
+            continue
+        if not isinstance(text, str):
+            raise ConfigError("", f"{field}.define.{name}", "must be an expression (text)")
+        Expression(text, field=f"{field}.define.{name}")
+    needs = step.get("needs")
+    if needs is not None and not (isinstance(needs, list) and all(isinstance(n, str) for n in needs)):
+        raise ConfigError("", f"{field}.needs", "must be a list of column names")
+
+
+def _callable_name(fn) -> str:
+    return f"<python callable {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}>"
 
 
 class OutputSpec(Spec):

@@ -7,6 +7,7 @@ planned in parallel by Ray tasks when there are many of them; the plan is stream
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 
@@ -53,12 +54,16 @@ def _compressed_bytes_per_entry(obj, branches: list[str], file_bytes: int) -> fl
     return total / obj.num_entries
 
 
-def plan_file(path: str, sample: SampleSpec, tree: str, branches: list[str],
+def plan_file(path: str, sample: SampleSpec, tree: str, branches,
               shard_events: int, shard_bytes: int | None) -> list[dict]:
-    """Shards of one file, as dicts (cheap to ship back from a Ray task)."""
+    """Shards of one file, as dicts (cheap to ship back from a Ray task). ``branches``: the
+    branches read, or a function of (the tree's branch names, the path) that checks the job's
+    names against them and returns the branches read."""
     f, obj = open_tree(path, sample.tree or tree)
     try:
         keys = set(obj.keys())
+        if callable(branches):
+            branches = branches(keys, path)
         for b in branches:
             if b not in keys:
                 raise BranchNotFound(path, b, sorted(keys))
@@ -80,6 +85,10 @@ def plan_file(path: str, sample: SampleSpec, tree: str, branches: list[str],
     return shards
 
 
+def _branches_of(spec: DatasetSpec, extra: list[str], keys, path: str) -> list[str]:
+    return needed_branches(spec, extra, keys, path)
+
+
 def _plan_batch(paths, sample, tree, branches, shard_events, shard_bytes, on_error):
     out = []
     for p in paths:
@@ -96,7 +105,7 @@ def iter_plan(spec: DatasetSpec, resolve=lambda p: p, on_error: str = "fail", us
               extra: list[str] | tuple = ()) -> Iterator[Shard | dict]:
     """Yield the shards of ``spec`` in a deterministic order (sample, file, entry); files that
     cannot be planned are raised (on_error=fail) or yielded as ``{"skipped": file, "error": msg}``."""
-    branches = needed_branches(spec, extra)
+    branches = functools.partial(_branches_of, spec, list(extra))
     index = 0
     for sample in spec.sample_list():
         files = expand(sample.files, resolve, field=f"dataset.samples[{sample.name}].files" if spec.samples else "dataset.files")

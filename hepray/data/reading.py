@@ -1,7 +1,7 @@
-"""Reading one shard: branches -> derived expressions -> selection -> columns with event identity.
+"""Reading one shard: branches -> steps (defines and filters) -> columns with event identity.
 
 The physical layer (fetching arrays with uproot) is kept apart from the interpretation layer
-(expressions, cut, feature matrices), as uproot does with Source/Chunk vs Interpretation.
+(steps, feature matrices), as uproot does with Source/Chunk vs Interpretation.
 """
 
 from __future__ import annotations
@@ -10,35 +10,33 @@ import awkward as ak
 import numpy as np
 
 from ..config import DatasetSpec
-from ..errors import BranchNotFound, ConfigError, DataError
-from .expressions import Expression
+from ..errors import DataError
 from .files import _first_line, opened_tree
 from .shard import Shard
+from .steps import ENTRY, SLOT, Resolver, compile_steps, defined_names, output_columns, run_steps
 
-ENTRY = "hepray_entry"  # entry number in the source tree: with the source file, the event identity
 EVENT_ID_CANDIDATES = (("run", "luminosityBlock", "event"), ("run", "lumi", "event"), ("run", "lumisection", "event"),
                        ("runNumber", "lumiBlock", "eventNumber"), ("RunNumber", "LumiBlock", "EventNumber"))
 
 
-def compile_expressions(spec: DatasetSpec) -> tuple[dict[str, Expression], Expression | None]:
-    exprs = {n: Expression(t, field=f"dataset.expressions.{n}") for n, t in spec.expressions.items()}
-    cut = Expression(spec.cut, field="dataset.cut") if spec.cut else None
-    return exprs, cut
+def needed_branches(spec: DatasetSpec, extra: list[str] | tuple = (), keys=None, file: str = "",
+                    shard: str | None = None) -> list[str]:
+    """Branches to read from a tree with branches ``keys``: the requested ones, those the steps
+    read (a collection's fields only as used), and ``extra`` (e.g. model features) that are not
+    defined columns. Every name is checked here: an unknown one is an error naming the job field
+    and the nearest branches. Without ``keys``, the plain names (no collections) are listed."""
+    steps = compile_steps(spec)
+    if keys is None:
+        defined = set(defined_names(steps))
+        names = list(spec.branches) + [spec.aliases.get(a, a) for a in spec.aliases] + list(extra)
+        names += [n for st in steps for e in Resolver._exprs(st) for n in sorted(e.names)]
+        return list(dict.fromkeys(n for n in names if n not in defined and n != ENTRY and not _is_slot(n, defined)))
+    return Resolver(spec, steps, keys, file, shard).branches(list(extra) + list(spec.event_id or []))
 
 
-def needed_branches(spec: DatasetSpec, extra: list[str] | tuple = ()) -> list[str]:
-    """Branches to read: requested ones, those the expressions and cut use, and ``extra``
-    (e.g. model features) that are not themselves expressions."""
-    exprs, cut = compile_expressions(spec)
-    wanted = list(spec.branches) + list(spec.aliases) + list(extra) + list(spec.event_id or [])
-    for e in list(exprs.values()) + ([cut] if cut else []):
-        wanted += sorted(e.names)
-    out: list[str] = []
-    for w in wanted:
-        w = spec.aliases.get(w, w)
-        if w not in exprs and w != ENTRY and w not in out:
-            out.append(w)
-    return out
+def _is_slot(name: str, defined) -> bool:
+    m = SLOT.match(name)
+    return bool(m and m.group(1) in defined)
 
 
 def _event_id_branches(spec: DatasetSpec, keys) -> list[str]:
@@ -50,28 +48,15 @@ def _event_id_branches(spec: DatasetSpec, keys) -> list[str]:
     return []
 
 
-def _to_column(x):
-    """Flat awkward arrays become numpy (cheap, and what xgboost/torch want); jagged stay awkward."""
-    if isinstance(x, ak.Array):
-        try:
-            return ak.to_numpy(x)
-        except (ValueError, TypeError):
-            return x
-    return np.asarray(x)
-
-
 def read_shard(shard: Shard, spec: DatasetSpec, extra: list[str] | tuple = ()) -> tuple[dict, int]:
-    """Read ``shard``: returns (columns, n_in). Columns hold the requested branches, the derived
-    expressions, ``extra`` names, the event-identity branches and ``hepray_entry``, after the cut.
-    Every error names the file and the shard."""
-    exprs, cut = compile_expressions(spec)
+    """Read ``shard``: returns (columns, n_in). Columns hold the requested branches, every defined
+    column, ``extra`` names, the event-identity branches and ``hepray_entry``, after the steps
+    (defines and filters, in order). Every error names the file and the shard."""
+    steps = compile_steps(spec)
     with opened_tree(shard.file, shard.tree, shard.file_id) as (_, obj):
         keys = set(obj.keys())
         id_branches = _event_id_branches(spec, keys)
-        names = needed_branches(spec, list(extra) + id_branches)
-        for n in names:
-            if n not in keys:
-                raise BranchNotFound(shard.file, n, sorted(keys), shard=shard.shard_id)
+        names = needed_branches(spec, list(extra) + id_branches, keys, shard.file, shard.shard_id)
         try:
             arrays = _fetch(obj, names, shard.entry_start, shard.entry_stop)
         except Exception as exc:
@@ -86,15 +71,16 @@ def read_shard(shard: Shard, spec: DatasetSpec, extra: list[str] | tuple = ()) -
         if branch in cols:
             cols[alias] = cols.pop(branch)
     cols[ENTRY] = np.arange(shard.entry_start, shard.entry_stop, dtype=np.int64)
-    _evaluate(exprs, cols, shard)
-    if cut is not None:
-        mask = _evaluate_one(cut, cols, shard, "dataset.cut")
-        mask = np.asarray(ak.fill_none(mask, False), dtype=bool) if isinstance(mask, ak.Array) else np.asarray(mask, dtype=bool)
-        if mask.ndim != 1 or len(mask) != n_in:
-            raise ConfigError("", "dataset.cut", f"{spec.cut!r} must give one boolean per event (reduce jagged values with any()/all())")
-        cols = {k: v[mask] for k, v in cols.items()}
-    keep = set(spec.branches) | set(spec.aliases) | set(exprs) | set(extra) | set(id_branches) | {ENTRY}
-    return {k: _to_column(v) for k, v in cols.items() if k in keep}, n_in
+    ev = run_steps(steps, cols, n_in, shard.file, shard.shard_id)
+    keep = list(dict.fromkeys([*spec.branches, *spec.aliases, *extra, *id_branches, ENTRY]))
+    for name in defined_names(steps):
+        v = ev[name]
+        if name not in keep and not (isinstance(v, (ak.Array, ak.Record)) and v.fields):  # collections are not columns
+            keep.append(name)
+    try:
+        return output_columns(ev, keep), n_in
+    except (KeyError, ValueError) as exc:
+        raise DataError(shard.file, f"column {_first_line(exc)}", shard=shard.shard_id) from None
 
 
 def _fetch(obj, names: list[str], start: int, stop: int) -> dict:
@@ -111,25 +97,6 @@ def _fetch(obj, names: list[str], start: int, stop: int) -> dict:
     arrays = obj.arrays(filter_name=names, entry_start=start, entry_stop=stop, how=dict)
     # a field uproot renamed (e.g. "ArrayF32[10]" -> "ArrayF32") is read on its own
     return {n: arrays[leaf[n]] if leaf[n] in arrays else obj[n].array(entry_start=start, entry_stop=stop) for n in names}
-
-
-def _evaluate(exprs: dict[str, Expression], cols: dict, shard: Shard):
-    pending = dict(exprs)
-    while pending:  # expressions may use earlier ones, in any order
-        ready = [n for n, e in pending.items() if e.names <= cols.keys()]
-        if not ready:
-            missing = {n: sorted(e.names - cols.keys() - pending.keys()) for n, e in pending.items()}
-            raise ConfigError("", "dataset.expressions", f"cannot resolve {missing} (circular or unknown names)")
-        for n in ready:
-            cols[n] = _evaluate_one(pending.pop(n), cols, shard, f"dataset.expressions.{n}")
-
-
-def _evaluate_one(expr: Expression, cols: dict, shard: Shard, field: str):
-    try:
-        with np.errstate(all="ignore"):
-            return expr.evaluate(cols)
-    except Exception as exc:
-        raise DataError(shard.file, f"{field} = {expr.text!r} failed: {_first_line(exc)}", shard=shard.shard_id) from None
 
 
 def feature_matrix(cols: dict, features: list[str], where: str = "", order: str = "C") -> np.ndarray:
