@@ -77,15 +77,36 @@ def plan(job_or_dataset, registry=None) -> dict:
 
 
 class Dataset:
-    """A ROOT dataset: files (globs/URLs) or labelled samples, branches, expressions, a cut.
+    """A ROOT dataset: files (globs/URLs) or labelled samples, branches and ordered steps that
+    define columns and filter events, chained like RDataFrame's ``Define``/``Filter``
+    (docs/analysis.md). Each call returns a new Dataset; ``.spec`` goes into any job's ``dataset:``.
 
-    >>> ds = hepray.Dataset(files="tests/data/real/uproot-Zmumu.root", tree="events",
-    ...                     branches=["E1", "E2"], expressions={"Esum": "E1 + E2"}, cut="Esum > 50")
+    >>> ds = (hepray.Dataset(files="tests/data/real/Run2012BC_DoubleMuParked_Muons_1000evts_rntuple_v1-0-0-0.root")
+    ...       .filter("nMuon == 2").filter("Muon.charge[:, 0] != Muon.charge[:, 1]")
+    ...       .define("mass", "(Muon[:, 0] + Muon[:, 1]).mass"))
     >>> cols = ds.arrays()                                      # doctest: +SKIP
     """
 
     def __init__(self, spec: DatasetSpec | None = None, **fields):
         self.spec = spec if spec is not None else DatasetSpec(**fields)
+
+    def _with_step(self, step: dict) -> Dataset:
+        from .config import validate
+
+        return Dataset(validate(DatasetSpec, {**self.spec.model_dump(), "steps": [*self.spec.steps, step]}))
+
+    def define(self, name: str, expression, needs: list[str] | None = None) -> Dataset:
+        """A new column: an expression (text), or a Python callable of the shard's columns as one
+        awkward record array (``needs``: the columns it reads; default: every branch), returning
+        one value per event. A callable travels to the Ray actors with the job, like a processor."""
+        step = {"define": {name: expression}}
+        if needs is not None:
+            step["needs"] = list(needs)
+        return self._with_step(step)
+
+    def filter(self, expression: str) -> Dataset:
+        """Keep the events for which ``expression`` is true; later steps see only those."""
+        return self._with_step({"filter": expression})
 
     def plan(self) -> list[Shard]:
         return [s for s in iter_plan(self.spec) if isinstance(s, Shard)]

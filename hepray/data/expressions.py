@@ -394,6 +394,9 @@ def _select(value, index):
         if prim.startswith(("int", "uint")) and index.ndim == 1 and _is_jagged(value):
             return ak.firsts(value[ak.singletons(index)], axis=1)
         if prim == "bool" and index.ndim <= (value.ndim if isinstance(value, ak.Array) else 1):
+            if len(index) != len(value) or (index.ndim > 1 and not ak.all(ak.num(index, axis=1) == ak.num(value, axis=1))):
+                raise ValueError("a mask must have the shape of what it selects (one boolean per event, or per "
+                                 "object of the same collection)")
             return value[ak.fill_none(index, False)]
         raise ValueError(f"an index must be a boolean mask or one integer per event, not {ak.type(index)}")
     index = np.asarray(index)

@@ -208,9 +208,10 @@ def run_steps(steps: list[Step], cols: dict, n: int, file: str, shard: str | Non
     for st in steps:
         if st.kind == "filter":
             mask = _evaluate(st.expr, ev, file, shard)
-            mask = ak.fill_none(mask, False) if isinstance(mask, ak.Array) else mask
-            mask = np.asarray(ak.to_numpy(mask) if isinstance(mask, ak.Array) and mask.ndim == 1 else mask)
-            if mask.ndim != 1 or len(mask) != n or mask.dtype != bool:
+            if isinstance(mask, ak.Array):
+                mask = ak.to_numpy(ak.fill_none(mask, False)) if mask.ndim == 1 and not mask.fields else None
+            mask = None if mask is None else np.asarray(mask)
+            if mask is None or mask.ndim != 1 or len(mask) != n or mask.dtype != bool:
                 raise DataError(file, f"{st.field}: {st.expr.text!r} must give one boolean per event "
                                       "(reduce per-object values with any(), all() or num())", shard=shard)
             n = int(mask.sum())
@@ -223,7 +224,7 @@ def run_steps(steps: list[Step], cols: dict, n: int, file: str, shard: str | Non
             else:
                 value = _evaluate(e, ev, file, shard)
             field = f"{st.field}.{name}"
-            if np.ndim(value) == 0 and not isinstance(value, ak.Array):
+            if not isinstance(value, ak.Array) and np.ndim(value) == 0:
                 value = np.full(n, value)  # a constant define: one value per event
             if len(value) != n:
                 raise DataError(file, f"{field} gives {len(value)} values for {n} events", shard=shard)
@@ -240,13 +241,15 @@ def _evaluate(expr: Expression, ev: Events, file: str, shard: str | None):
     except ExpressionError:
         raise
     except Exception as exc:
-        msg = _first_line(exc)
+        msg = _first_line(exc).split(" (in compiled code")[0]
         hint = None
-        if isinstance(exc, IndexError) or "index out of range" in msg or "cannot slice" in msg:
+        if "mask must have the shape" in msg:
+            pass
+        elif isinstance(exc, IndexError) or "index out of range" in msg or "cannot slice" in msg:
             hint = ("an event has fewer objects than the index asks for: filter first (e.g. `filter: num(Muon) >= 2`) "
                     "or use pad()")
-        elif "cannot broadcast" in msg or "length" in msg:
-            hint = "a mask must have the shape of what it selects (one boolean per event or per object)"
+        elif "cannot broadcast" in msg:
+            hint = "the arrays combined must have the same objects per event (one collection, or reduce first)"
         raise DataError(file, f"{expr.field} = {expr.text!r} failed: {msg}", shard=shard, hint=hint) from None
 
 
