@@ -275,3 +275,26 @@ def test_nanoaod_features_match_rdataframe(ROOT):
     np.testing.assert_array_equal(cols["n_jets"], ref["n_jets"])
     for k in ("ht", "lead_pt", "dr12"):
         np.testing.assert_allclose(cols[k], ref[k], rtol=1e-5, err_msg=k)
+
+
+def test_shipped_jobs_dimuon_spectrum_and_nanoaod_bdt_run_end_to_end(ray_session, tmp_path, monkeypatch):
+    """jobs/dimuon.yaml, jobs/nanoaod_train_bdt.yaml and jobs/nanoaod_infer_bdt.yaml as shipped
+    (the demo's steps), with their outputs moved under tmp_path."""
+    from hepray.demo import plot_dimuon
+
+    root = REAL.parent.parent.parent
+    monkeypatch.chdir(root)
+    s = hepray.run("jobs/dimuon.yaml", overrides={"output.dir": str(tmp_path / "dimuon")}, quiet=True)
+    ref = _arrays(DIMUON_STEPS, DIMU)["mass"]
+    assert s["events_in"] == 1000 and s["events_out"] == len(ref)
+    assert plot_dimuon(tmp_path / "dimuon").stat().st_size > 10_000
+    model = str(tmp_path / "bdt" / "model")
+    t = hepray.run("jobs/nanoaod_train_bdt.yaml", overrides={"output.dir": str(tmp_path / "bdt")}, quiet=True)
+    assert t["events_in"] == 200
+    i = hepray.run("jobs/nanoaod_infer_bdt.yaml", quiet=True,
+                   overrides={"output.dir": str(tmp_path / "infer"), "model.path": model})
+    man = json.loads((tmp_path / "infer" / "parts" / "_manifest.json").read_text())
+    out = uproot.open(tmp_path / "infer" / "parts" / man["parts"][0]["part"])["hepray"].arrays()
+    events = uproot.open(NANO)["Events"]["event"].array(library="np")
+    assert i["events_out"] == 200 and np.array_equal(ak.to_numpy(out.event), events)
+    assert {"score", "n_jets", "ht", "jet_pt_0", "dr_jj"} <= set(out.fields) and np.all(np.isfinite(out.score))

@@ -39,6 +39,12 @@ def _is_slot(name: str, defined) -> bool:
     return bool(m and m.group(1) in defined)
 
 
+def is_defined(spec: DatasetSpec, name: str) -> bool:
+    """Whether ``name`` is a column the dataset's steps define (or a slot ``x_0`` of a pad()ed ``x``)."""
+    defined = set(defined_names(compile_steps(spec)))
+    return name in defined or _is_slot(name, defined)
+
+
 def _event_id_branches(spec: DatasetSpec, keys) -> list[str]:
     if spec.event_id is not None:
         return list(spec.event_id)
@@ -46,6 +52,16 @@ def _event_id_branches(spec: DatasetSpec, keys) -> list[str]:
         if all(c in keys for c in cand):
             return list(cand)
     return []
+
+
+def _to_column(x):
+    """Flat awkward arrays become numpy (cheap, and what xgboost/torch want); jagged stay awkward."""
+    if isinstance(x, ak.Array):
+        try:
+            return ak.to_numpy(x)
+        except (ValueError, TypeError):
+            return x
+    return np.asarray(x)
 
 
 def read_shard(shard: Shard, spec: DatasetSpec, extra: list[str] | tuple = ()) -> tuple[dict, int]:

@@ -93,3 +93,24 @@ def band(x: np.ndarray, center: np.ndarray, lo: np.ndarray, hi: np.ndarray, path
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def mass_spectrum(values: np.ndarray, path, xlabel: str = "$m_{\\mu\\mu}$ [GeV]", lo: float = 0.25, hi: float = 300,
+                  bins: int = 300, marks: dict[str, float] | None = None, title: str = "") -> Path:
+    """Events per log-spaced bin on log-log axes (ROOT's df102 dimuon plot); ``marks``: name ->
+    mass of a resonance, labelled above the spectrum."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    edges = np.geomspace(lo, hi, bins + 1)
+    counts, _ = np.histogram(values, edges)
+    ax.stairs(counts, edges, fill=True, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(0.5, max(2, counts.max()) * 5)
+    for name, m in (marks or {}).items():
+        ax.axvline(m, color="gray", lw=0.6, ls=":")
+        ax.text(m, max(2, counts.max()) * 2, name, ha="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("events / bin")
+    ax.set_title(title or f"{len(values)} events")
+    return _save(fig, path)

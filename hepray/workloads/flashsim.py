@@ -486,7 +486,9 @@ class FlashSim(Workload):
     def _keep(self, ctx, bundle, layout: dict) -> list[str]:
         made = set(bundle.manifest["columns"])
         if self.job.keep is not None:
-            missing = [k for k in self.job.keep if k not in layout["order"]]
+            from ..data.reading import is_defined
+
+            missing = [k for k in self.job.keep if k not in layout["order"] and not is_defined(self.job.dataset, k)]
             if missing:
                 raise ConfigError(self.job.source, "keep", f"{missing} are not flat branches of the input")
             return [k for k in self.job.keep if k not in made]
