@@ -12,7 +12,8 @@ from ..config import DatasetSpec, JobConfig
 from ..data.planning import iter_plan
 from ..data.shard import Shard
 from ..errors import HeprayError, JobFailed
-from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, remove_tree, write_json_atomic
+from ..io import rundir
+from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, write_json_atomic
 from . import executor
 from .runtime import cluster_cpus, ensure_ray
 
@@ -33,15 +34,19 @@ class Plan:
                 "skipped_files": self.skipped}
 
 
+def run_dir_of(job: JobConfig) -> AnyPath:
+    """A local absolute Path (workers resolve relative paths against Ray's directory), or a
+    StorePath for s3://, gs://, root://... (job.run_dir() is Path-only)."""
+    run_dir = as_path(job.output.dir) if job.output.dir else job.run_dir()
+    return run_dir.expanduser().absolute() if isinstance(run_dir, Path) else run_dir
+
+
 class RunContext:
     def __init__(self, job: JobConfig, *, resume: bool = False, workers: int | None = None,
                  address: str | None = None, quiet: bool = False):
         self.job, self.resume, self.address, self.quiet = job, resume, address, quiet
-        # a local Path, or a StorePath for s3://, gs://, root://... (job.run_dir() is Path-only)
-        self.run_dir = as_path(job.output.dir) if job.output.dir else job.run_dir()
-        if isinstance(self.run_dir, Path):  # workers resolve relative paths against Ray's directory
-            self.run_dir = self.run_dir.expanduser().absolute()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir_of(job)
+        rundir.create(self.run_dir, job)  # the marker that lets --overwrite delete it later
         self._workers = workers or job.engine.workers
         self.summaries: dict[str, dict] = {}
 
@@ -135,7 +140,7 @@ class RunContext:
                               f"or --overwrite to start again")
 
     def clear(self):
-        """--overwrite: remove previous outputs of this job."""
-        remove_tree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """--overwrite: remove previous outputs of this job (only a folder hepray made)."""
+        rundir.check_removable(self.run_dir, self.job.source)
+        rundir.clear(self.run_dir)
 

@@ -73,7 +73,8 @@ def _branch_type(v):
 
 
 def write_parquet(path: Path, columns: dict, compression: str) -> None:
-    arr = ak.Array({k: (v if isinstance(v, ak.Array) else ak.Array(np.asarray(v))) for k, v in columns.items()})
+    # contiguous: per-class score columns are strided slices of one matrix ("ndarray is not contiguous")
+    arr = ak.Array({k: (v if isinstance(v, ak.Array) else ak.Array(np.ascontiguousarray(v))) for k, v in columns.items()})
     codec = compression.split(":")[0].lower()
     ak.to_parquet(arr, path, compression=None if codec == "none" else codec)
 
