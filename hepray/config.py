@@ -115,6 +115,10 @@ class EngineSpec(Spec):
     progress_every_s: float = Field(5.0, gt=0)
     # idle actors kept for the next run in this process (0: none); they hold their CPUs meanwhile
     keep_warm_s: float = Field(30.0, ge=0)
+    # a shard running longer is ended (its actor restarted), tried again, then reported as failed
+    shard_timeout_s: float | None = Field(1800.0, gt=0)
+    # NaN or inf in a model's inputs: fail the shard, or count them per shard in the manifest
+    on_nonfinite: Literal["fail", "count"] = "fail"
 
 
 class JobConfig(Spec):

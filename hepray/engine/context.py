@@ -18,6 +18,10 @@ from . import executor
 from .runtime import cluster_cpus, ensure_ray
 
 
+WHY_REDONE = {"stale": "made by a different job (fingerprint differs)", "torn": "with a missing or torn part",
+              "corrupt": "with a corrupt marker"}
+
+
 class Plan:
     """A plan streamed to ``plan.jsonl``: iterating re-reads the file, so memory stays flat."""
 
@@ -105,8 +109,11 @@ class RunContext:
             shards, processor, parts_dir, fmt=out.format, tree=tree or out.tree, compression=out.compression,
             workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
             max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
-            label=self.job.name, keep_warm_s=eng.keep_warm_s,
+            label=self.job.name, keep_warm_s=eng.keep_warm_s, shard_timeout_s=eng.shard_timeout_s,
         )
+        if summary["shards_redone"]:
+            why = ", ".join(f"{n} {WHY_REDONE[k]}" for k, n in summary["redone"].items())
+            self.log(f"resume: {summary['shards_redone']} committed parts redone ({why})")
         failed = [r for r in summary["results"] if r["status"] != "ok"]
         skipped_files = shards.skipped if isinstance(shards, Plan) else []
         manifest = {
@@ -114,7 +121,8 @@ class RunContext:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **{k: v for k, v in summary.items() if k != "results"},
             "shards_failed": len(failed),
-            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out")}
+            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out",
+                                              "bytes_written", "sha256", "nonfinite")}
                       for r in summary["results"] if r["status"] == "ok"],
             "failed": [{k: r.get(k) for k in ("shard_id", "source", "error")} for r in failed],
             "skipped_files": skipped_files,

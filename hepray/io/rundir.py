@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError, HeprayError
-from .parts import AnyPath, StorePath, as_path
+from .parts import AnyPath, StorePath, _create_exclusive, as_path
 
 RUN_MARKER = ".hepray-run"
 LOCK = ".hepray-lock"
@@ -89,31 +89,6 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive
         return True
-    return True
-
-
-def _create_exclusive(path: AnyPath, data: bytes) -> bool:
-    """Create ``path`` only if it does not exist (O_EXCL locally, If-None-Match on stores)."""
-    if isinstance(path, StorePath):
-        fs, p = path._fs()
-        try:
-            with fs.open(p, "xb") as f:
-                f.write(data)
-        except FileExistsError:
-            return False
-        except OSError as exc:  # S3 answers 412 Precondition Failed
-            if "412" in str(exc) or "Precondition" in str(exc):
-                return False
-            raise
-        return True
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return True
 
 
