@@ -28,6 +28,7 @@ BENCHES = [
     ("bench_fpga.py", [], []),
     ("bench_dask.py", [], []),
     ("bench_scale.py", [], ["--files", "1000"]),
+    ("bench_analysis.py", [], ["--events", "400000"]),
 ]
 
 
