@@ -68,3 +68,26 @@ def timed(fn, *a, **k):
     t0 = time.perf_counter()
     out = fn(*a, **k)
     return out, time.perf_counter() - t0
+
+
+def loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages (/proc/loadavg): say how busy the machine was."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def interleaved(sides: dict, repeats: int) -> dict[str, list]:
+    """Run each side (name -> callable returning a dict with ``seconds``) ``repeats`` times,
+    alternating the order each round, so drifting load on a shared machine hits all sides alike."""
+    names, out = list(sides), {n: [] for n in sides}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            res = sides[n]()
+            res["loadavg"] = loadavg()
+            out[n].append(res)
+            print(f"  round {r + 1} {n}: {res['seconds']:.1f}s (load {res['loadavg'][0]:.1f})", flush=True)
+    return out
+
+
+def median_of(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return float(np.median(vals)) if vals else None
