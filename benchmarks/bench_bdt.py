@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import interleaved, loadavg, median_of, write_flat
+from common import HEPRAY_CLI, interleaved, loadavg, median_of, python_side, write_flat
 
 PARAMS = {"max_depth": 6, "eta": 0.1}  # max_depth: each of --depths (xgboost's usual 6, and 4)
 ROUNDS = 200
@@ -64,21 +62,13 @@ def job(files, feats, params, rounds, out) -> dict:
             "weights": {"balance_classes": False}, "split": {"test": SPLIT[0], "validation": SPLIT[1]}}
 
 
-# cold: the command a user types, `hepray run job.yaml`, timed from outside (Python start-up and
-# every import included, as for `python train.py`); peak RSS of that child process
-HEPRAY_CLI = r'''
-import json, resource, subprocess, sys, time
-job_file, out = sys.argv[1], sys.argv[2]
-t0 = time.perf_counter()
-r = subprocess.run([sys.executable, "-m", "hepray.cli", "run", job_file, "--overwrite"], capture_output=True, text=True)
-t1 = time.perf_counter()
-if r.returncode:
-    sys.exit(r.stderr[-3000:])
-s = json.load(open(out + "/summary.json"))
-print(json.dumps({"seconds": t1 - t0, "auc": s["auc"], "trees": s["trees"], "seconds_load_and_fit": s["seconds_train"],
-                  "seconds_load": s["seconds_load"], "seconds_evaluate": s["seconds_evaluate"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-'''
+def hepray_cli(job_file: str, out: str) -> dict:
+    """cold: the command a user types (common.HEPRAY_CLI)."""
+    r = python_side(HEPRAY_CLI, job_file, out)
+    s = r["summary"]
+    return {"seconds": r["seconds"], "auc": s["auc"], "trees": s["trees"], "seconds_load_and_fit": s["seconds_train"],
+            "seconds_load": s["seconds_load"], "seconds_evaluate": s["seconds_evaluate"], "peak_rss_mb": r["peak_rss_mb"]}
+
 
 # warm: in one Python process with the imports done and Ray up (a cluster, or a second run in
 # the same notebook): what is left is the work itself
@@ -97,22 +87,14 @@ print(json.dumps({"seconds": t1 - t0, "auc": s["auc"], "trees": s["trees"], "sec
 '''
 
 
-def side(code: str, *args) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, *(a if isinstance(a, str) else json.dumps(a) for a in args)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def compare(d: Path, files: list[str], depth: int, repeats: int, warm: bool) -> dict:
     params = {**PARAMS, "max_depth": depth}
     spec = job(files, FEATURES, params, ROUNDS, str(d / f"run_depth{depth}"))
     (d / f"train_bdt_depth{depth}.yaml").write_text(json.dumps(spec))  # JSON is YAML
-    sides = {"plain": lambda: side(PLAIN, [files, FEATURES, params, ROUNDS, SPLIT]),
-             "hepray": lambda: side(HEPRAY_CLI, str(d / f"train_bdt_depth{depth}.yaml"), spec["output"]["dir"])}
+    sides = {"plain": lambda: python_side(PLAIN, [files, FEATURES, params, ROUNDS, SPLIT]),
+             "hepray": lambda: hepray_cli(str(d / f"train_bdt_depth{depth}.yaml"), spec["output"]["dir"])}
     if warm:
-        sides["hepray_warm"] = lambda: side(HEPRAY_WARM, spec)
+        sides["hepray_warm"] = lambda: python_side(HEPRAY_WARM, spec)
     print(f"depth {depth}, {ROUNDS} rounds:", flush=True)
     runs = interleaved(sides, repeats)
     plain, cold = runs["plain"], runs["hepray"]

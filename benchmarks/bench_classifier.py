@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import interleaved, loadavg, median_of, write_flat
+from common import HEPRAY_CLI, interleaved, loadavg, median_of, python_side, write_flat
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,25 +158,10 @@ auc = roc_auc_score(y[test], s)
 print(json.dumps({"seconds": time.perf_counter() - t0, "seconds_fit": t_fit, "auc": auc}))
 '''
 
-HEPRAY_CLI = r'''
-import json, subprocess, sys, time
-job_file, out = sys.argv[1], sys.argv[2]
-t0 = time.perf_counter()
-r = subprocess.run([sys.executable, "-m", "hepray.cli", "run", job_file, "--overwrite"], capture_output=True, text=True)
-t1 = time.perf_counter()
-if r.returncode:
-    sys.exit(r.stderr[-3000:])
-m = json.load(open(out + "/metrics.json"))
-print(json.dumps({"seconds": t1 - t0, "auc": m["auc"], **{"seconds_" + k: v for k, v in m["seconds"].items()}}))
-'''
-
-
-def side(code: str, *args) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, *(a if isinstance(a, str) else json.dumps(a) for a in args)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def hepray_cli(job_file: str, out: str) -> dict:
+    r = python_side(HEPRAY_CLI, job_file, out)
+    m = json.loads((Path(out) / "metrics.json").read_text())
+    return {"seconds": r["seconds"], "auc": m["auc"], **{"seconds_" + k: v for k, v in r["stages"].items()}}
 
 
 def vs_plain(d: Path, events: int, epochs: int, repeats: int) -> dict:
@@ -196,8 +179,8 @@ def vs_plain(d: Path, events: int, epochs: int, repeats: int) -> dict:
            "weights": {"balance_classes": False}, "training": {"epochs": epochs, "batch_size": batch}}
     (d / "train_classifier.yaml").write_text(json.dumps(job))  # JSON is YAML
     load0 = loadavg()
-    runs = interleaved({"plain": lambda: side(PLAIN, [files, feats, epochs, batch, split]),
-                        "hepray": lambda: side(HEPRAY_CLI, str(d / "train_classifier.yaml"), out)}, repeats)
+    runs = interleaved({"plain": lambda: python_side(PLAIN, [files, feats, epochs, batch, split]),
+                        "hepray": lambda: hepray_cli(str(d / "train_classifier.yaml"), out)}, repeats)
     plain, cold = runs["plain"], runs["hepray"]
     stages = sorted({k for r in cold for k in r if k.startswith("seconds_")})
     res = {"events": events, "epochs": epochs, "batch_size": batch, "repeats": repeats, "cpus": os.cpu_count(),
