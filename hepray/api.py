@@ -11,7 +11,8 @@ from .config import DatasetSpec, JobConfig, load_job
 from .data.planning import iter_plan
 from .data.reading import read_shard
 from .data.shard import Shard
-from .engine.context import RunContext
+from .engine.context import RunContext, run_dir_of
+from .io import rundir
 from .io.parts import write_json_atomic
 
 
@@ -33,14 +34,19 @@ def run(job, *, resume: bool = False, overwrite: bool = False, workers: int | No
 
     registry = registry or REGISTRY
     job = _as_job(job, registry, overrides)
-    ctx = RunContext(job, resume=resume, workers=workers, address=address, quiet=quiet)
-    if overwrite:
-        ctx.clear()
     workload = registry.get(job.kind)(job)
-    (ctx.run_dir / "job.yaml").write_text(_job_yaml(job))
-    summary = workload.run(ctx) or {}
-    summary = {"job": job.name, "kind": job.kind, "run_dir": str(ctx.run_dir), **summary}
-    write_json_atomic(ctx.run_dir / "summary.json", summary)
+    run_dir = run_dir_of(job)
+    if overwrite:  # every check before anything is deleted: the job, its model's features, the folder
+        workload.columns()
+        rundir.check_removable(run_dir, job.source)
+    with rundir.locked(run_dir):  # one writer per run folder
+        if overwrite:
+            rundir.clear(run_dir)
+        ctx = RunContext(job, resume=resume, workers=workers, address=address, quiet=quiet)
+        (ctx.run_dir / "job.yaml").write_text(_job_yaml(job))
+        summary = workload.run(ctx) or {}
+        summary = {"job": job.name, "kind": job.kind, "run_dir": str(ctx.run_dir), **summary}
+        write_json_atomic(ctx.run_dir / "summary.json", summary)
     ctx.log(_one_line(summary))
     return summary
 

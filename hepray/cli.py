@@ -49,7 +49,9 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from .api import run
 
-    summary = run(args.job, resume=args.resume, overwrite=args.overwrite, workers=args.workers,
+    if args.strict and not args.resume:
+        raise ConfigError("--strict", "", "goes with --resume")
+    summary = run(args.job, resume="strict" if args.strict else args.resume, overwrite=args.overwrite, workers=args.workers,
                   address=args.address, overrides=_overrides(args.set))
     failed = summary.get("shards_failed", 0)
     return 1 if failed and summary.get("on_error") == "fail" else 0
@@ -77,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a job file")
     p.add_argument("job")
     p.add_argument("--resume", action="store_true", help="skip shards whose parts are committed")
-    p.add_argument("--overwrite", action="store_true", help="delete this job's previous outputs first")
+    p.add_argument("--strict", action="store_true",
+                   help="with --resume: refuse if any committed part was made by a different job (else redone)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete this job's previous outputs first (only a run folder hepray made)")
     p.add_argument("--workers", type=int, help="number of Ray actors (default: cluster CPUs)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field, e.g. engine.workers=2")

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, UnknownKind
+
+# Every name that becomes part of a path (job, sample): no separators, no leading dot (`..`, `.x`)
+NAME_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 
 
 class Spec(BaseModel):
@@ -25,7 +29,7 @@ class Spec(BaseModel):
 
 
 class SampleSpec(Spec):
-    name: str
+    name: Name
     files: str | list[str]
     label: int | None = None
     weight: float = Field(1.0, ge=0)
@@ -59,6 +63,10 @@ class DatasetSpec(Spec):
             raise ValueError("give `files:` or `samples:`")
         if self.files and self.samples:
             raise ValueError("give either `files:` or `samples:`, not both")
+        names = [s.name for s in self.samples]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:  # one name, one set of shard ids and part names: the second would replace the first
+            raise ValueError(f"samples: name {dup[0]!r} is used twice; give each sample its own name")
         from .data.expressions import Expression
 
         for name, text in self.expressions.items():
@@ -107,6 +115,10 @@ class EngineSpec(Spec):
     progress_every_s: float = Field(5.0, gt=0)
     # idle actors kept for the next run in this process (0: none); they hold their CPUs meanwhile
     keep_warm_s: float = Field(30.0, ge=0)
+    # a shard running longer is ended (its actor restarted), tried again, then reported as failed
+    shard_timeout_s: float | None = Field(1800.0, gt=0)
+    # NaN or inf in a model's inputs: fail the shard, or count them per shard in the manifest
+    on_nonfinite: Literal["fail", "count"] = "fail"
 
 
 class JobConfig(Spec):
@@ -115,7 +127,7 @@ class JobConfig(Spec):
     default_tree: ClassVar[str] = "hepray"  # output tree name unless the job sets output.tree
 
     kind: str
-    name: str = "job"
+    name: Name = "job"
     seed: int = 12345
     output: OutputSpec = OutputSpec()
     engine: EngineSpec = EngineSpec()
@@ -168,6 +180,9 @@ def validate(config_cls: type[JobConfig], data: dict, where: str = "") -> JobCon
             msg = nested.problem
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see docs/jobs.md)"
+        elif err["type"] == "string_pattern_mismatch" and err["ctx"].get("pattern") == NAME_PATTERN:
+            msg = (f"{err['input']!r} is not a valid name: use letters, digits, `_`, `-`, `.`, "
+                   "not starting with a dot (names become file and folder names)")
         elif err["type"] == "missing":
             msg = "required field is missing"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

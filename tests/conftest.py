@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,27 @@ def infer_job(toy, out, **extra) -> dict:
         else:
             job[k] = v
     return job
+
+
+@pytest.fixture()
+def s3():
+    """A local S3 endpoint (moto) when s3fs and moto are installed, else None (a local dir is used)."""
+    try:
+        import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield None
+        return
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    import fsspec
+
+    fs = fsspec.filesystem("s3", key="testing", secret="testing", endpoint_url=env["AWS_ENDPOINT_URL"],
+                           skip_instance_cache=True)
+    bucket = f"hepray-test-{secrets.token_hex(4)}"  # moto's state is per process, not per server
+    fs.mkdir(bucket)
+    yield {"env": env, "fs": fs, "bucket": bucket}
+    server.stop()

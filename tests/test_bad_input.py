@@ -75,7 +75,7 @@ def test_missing_tree_names_file_and_trees(ray_session, toy, tmp_path):
 
 
 def test_wrong_type_feature_is_named(ray_session, toy, tmp_path):
-    job = infer_job(toy, tmp_path, model={"features": ["f0", "f1", "f2", "Jet_pt"]})
+    job = infer_job(toy, tmp_path, model={"feature_map": {"f3": "Jet_pt"}})
     with pytest.raises(hepray.errors.JobFailed, match=r"feature 'Jet_pt' is jagged"):
         hepray.run(job, quiet=True)
 

@@ -30,7 +30,7 @@ import uproot
 import yaml
 
 import hepray
-from hepray.io.parts import COMMITTED, StorePath, as_path, committed, write_part
+from hepray.io.parts import COMMITTED, StorePath, as_path, committed, remove_uncommitted, write_part
 
 from .conftest import infer_job
 
@@ -126,16 +126,17 @@ def test_part_on_a_store_counts_only_with_its_marker_and_is_overwritten(tmp_path
         # an interrupted write on a store: the part is there under its final name, no marker
         (d / f"part_{s.shard_id}.root").write_bytes(b"half a file")
         assert committed(d, s.shard_id) is None
-        part = write_part(d, s, cols, result={"n_in": 1000}, **kw)
-        rec = committed(d, s.shard_id)
-        assert rec["part"] == part.name and rec["bytes_written"] == part.stat().st_size
+        rec = write_part(d, s, cols, result={"n_in": 1000}, **kw)
+        part = d / rec["part"]
+        assert rec == committed(d, s.shard_id) and rec["bytes_written"] == part.stat().st_size
         assert uproot.open(io.BytesIO(part.read_bytes()))["t"].arrays(library="np")["x"].sum() == cols["x"].sum()
         # a later rewrite of the same name that did not finish: the marker no longer vouches for it
         part.write_bytes(b"torn")
         assert committed(d, s.shard_id) is None
-        write_part(d, s, cols, result={"n_in": 1000}, **kw)  # resume: overwritten, one part, one marker
-        assert committed(d, s.shard_id) is not None
-        assert [p.name for p in d.glob("*.root")] == [part.name] and len(list(d.glob(f"{COMMITTED}/*.json"))) == 1
+        rec = write_part(d, s, cols, result={"n_in": 1000}, **kw)  # resume: replaced, one part, one marker
+        assert committed(d, s.shard_id) == rec and rec["part"] != part.name  # each attempt its own name
+        remove_uncommitted(d, {rec["part"]}, {s.shard_id})  # the run's last step: the half file goes too
+        assert [p.name for p in d.glob("*.root")] == [rec["part"]] and len(list(d.glob(f"{COMMITTED}/*.json"))) == 1
         assert not [p for p in d.glob(".*")]  # no temporary files left behind
     if s3:  # seen from another client of the same S3 endpoint
         assert len(s3["fs"].glob(f"{s3['bucket']}/store-test/parts/{COMMITTED}/*.json")) == 1
@@ -153,7 +154,7 @@ def test_actor_body_writes_to_a_store(toy):
     proc = InferProcessor(ModelBundle.read(toy["model"]), job.dataset, ["f0", "f1", "f2", "f3"], "score", [], 10**6)
     url = f"memory://hepray-test-{secrets.token_hex(4)}/run/parts"
     try:
-        res = ShardWorker(1).run(shard.to_dict(), "run-1", [(proc, url, "root", "hepray", "zstd")])
+        res = ShardWorker(1).run(shard.to_dict(), "run-1", [(proc, url, "root", "hepray", "zstd", "fp")])
     finally:
         files.keep_open(0)  # what an actor keeps open, this test process must not
     assert res["status"] == "ok" and res["n_out"] == shard.num_entries
@@ -249,30 +250,6 @@ def _pids_mentioning(text: str) -> list[int]:
             except OSError:
                 pass
     return out
-
-
-@pytest.fixture()
-def s3():
-    """A local S3 endpoint (moto) when s3fs and moto are installed, else None (a local dir is used)."""
-    try:
-        import s3fs  # noqa: F401
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        yield None
-        return
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    import fsspec
-
-    fs = fsspec.filesystem("s3", key="testing", secret="testing", endpoint_url=env["AWS_ENDPOINT_URL"],
-                           skip_instance_cache=True)
-    bucket = f"hepray-test-{secrets.token_hex(4)}"  # moto's state is per process, not per server
-    fs.mkdir(bucket)
-    yield {"env": env, "fs": fs, "bucket": bucket}
-    server.stop()
 
 
 SAMPLE = ROOT / "tests" / "data" / "generated" / "sample" / "parts"

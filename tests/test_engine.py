@@ -111,7 +111,7 @@ def test_corrupt_file_fails_naming_it_or_is_skipped(ray_session, toy, tmp_path):
 
 
 def test_missing_branch_names_file_and_suggests(ray_session, toy, tmp_path):
-    job = infer_job(toy, tmp_path / "r", model={"features": ["f0", "f1", "f2", "f_3"]})
+    job = infer_job(toy, tmp_path / "r", model={"feature_map": {"f3": "f_3"}})
     with pytest.raises(hepray.DataError, match=r"toy_0.root.*.f_3. not found.*did you mean 'f3'"):
         hepray.run(job, quiet=True)
 

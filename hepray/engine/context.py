@@ -12,9 +12,14 @@ from ..config import DatasetSpec, JobConfig
 from ..data.planning import iter_plan
 from ..data.shard import Shard
 from ..errors import HeprayError, JobFailed
-from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, remove_tree, write_json_atomic
+from ..io import rundir
+from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, write_json_atomic
 from . import executor
 from .runtime import cluster_cpus, ensure_ray
+
+
+WHY_REDONE = {"stale": "made by a different job (fingerprint differs)", "torn": "with a missing or torn part",
+              "corrupt": "with a corrupt marker"}
 
 
 class Plan:
@@ -33,15 +38,19 @@ class Plan:
                 "skipped_files": self.skipped}
 
 
+def run_dir_of(job: JobConfig) -> AnyPath:
+    """A local absolute Path (workers resolve relative paths against Ray's directory), or a
+    StorePath for s3://, gs://, root://... (job.run_dir() is Path-only)."""
+    run_dir = as_path(job.output.dir) if job.output.dir else job.run_dir()
+    return run_dir.expanduser().absolute() if isinstance(run_dir, Path) else run_dir
+
+
 class RunContext:
     def __init__(self, job: JobConfig, *, resume: bool = False, workers: int | None = None,
                  address: str | None = None, quiet: bool = False):
         self.job, self.resume, self.address, self.quiet = job, resume, address, quiet
-        # a local Path, or a StorePath for s3://, gs://, root://... (job.run_dir() is Path-only)
-        self.run_dir = as_path(job.output.dir) if job.output.dir else job.run_dir()
-        if isinstance(self.run_dir, Path):  # workers resolve relative paths against Ray's directory
-            self.run_dir = self.run_dir.expanduser().absolute()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir_of(job)
+        rundir.create(self.run_dir, job)  # the marker that lets --overwrite delete it later
         self._workers = workers or job.engine.workers
         self.summaries: dict[str, dict] = {}
 
@@ -100,8 +109,11 @@ class RunContext:
             shards, processor, parts_dir, fmt=out.format, tree=tree or out.tree, compression=out.compression,
             workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
             max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
-            label=self.job.name, keep_warm_s=eng.keep_warm_s,
+            label=self.job.name, keep_warm_s=eng.keep_warm_s, shard_timeout_s=eng.shard_timeout_s,
         )
+        if summary["shards_redone"]:
+            why = ", ".join(f"{n} {WHY_REDONE[k]}" for k, n in summary["redone"].items())
+            self.log(f"resume: {summary['shards_redone']} committed parts redone ({why})")
         failed = [r for r in summary["results"] if r["status"] != "ok"]
         skipped_files = shards.skipped if isinstance(shards, Plan) else []
         manifest = {
@@ -109,7 +121,8 @@ class RunContext:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **{k: v for k, v in summary.items() if k != "results"},
             "shards_failed": len(failed),
-            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out")}
+            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out",
+                                              "bytes_written", "sha256", "nonfinite")}
                       for r in summary["results"] if r["status"] == "ok"],
             "failed": [{k: r.get(k) for k in ("shard_id", "source", "error")} for r in failed],
             "skipped_files": skipped_files,
@@ -135,7 +148,7 @@ class RunContext:
                               f"or --overwrite to start again")
 
     def clear(self):
-        """--overwrite: remove previous outputs of this job."""
-        remove_tree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """--overwrite: remove previous outputs of this job (only a folder hepray made)."""
+        rundir.check_removable(self.run_dir, self.job.source)
+        rundir.clear(self.run_dir)
 

@@ -18,7 +18,7 @@ from ..data import files
 from ..data.shard import Shard
 from ..errors import HeprayError
 from ..extras import LEAN_XGBOOST
-from ..io.parts import as_path, committed, write_part
+from ..io.parts import as_path, fingerprint, marker_state, part_fingerprint, remove_uncommitted, write_part
 from . import pool
 from .progress import Progress
 
@@ -46,7 +46,7 @@ class ShardWorker:
             import ray
 
             settings = ray.get(settings)
-        processor, parts_dir, self.fmt, self.tree, self.compression = settings
+        processor, parts_dir, self.fmt, self.tree, self.compression, self.fingerprint = settings
         self.processor, self.parts_dir = processor, as_path(parts_dir)
         files.keep_open(0)  # a new run: handles from the last one may name replaced files
         files.keep_open(KEEP_OPEN)
@@ -58,7 +58,7 @@ class ShardWorker:
 
     def run(self, shard_dict: dict, token: str, box: list) -> dict:
         """Process one shard and commit its part; ``box`` = [(processor, parts_dir, fmt, tree,
-        compression)] or [a ref to it]."""
+        compression, run fingerprint)] or [a ref to it]. Each call is one attempt, with its own id."""
         shard = Shard.from_dict(shard_dict)
         t0 = time.perf_counter()
         base = {"shard_id": shard.shard_id, "index": shard.index, "source": shard.describe(), "sample": shard.sample,
@@ -71,93 +71,183 @@ class ShardWorker:
             n_out = len(next(iter(cols.values()))) if cols else 0
             result = {**base, "status": "ok", "n_in": part.n_in, "n_out": n_out,
                       "seconds": round(time.perf_counter() - t0, 4)}
-            write_part(self.parts_dir, shard, cols, fmt=self.fmt, tree=self.tree, compression=self.compression, result=result)
-            return committed(self.parts_dir, shard.shard_id)
         except HeprayError as exc:  # data problems: retrying would fail the same way
             return {**base, "status": "failed", "error": exc.message, "n_out": 0}
         except Exception as exc:
             tb = traceback.format_exc(limit=4)
             return {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
                     "traceback": tb, "n_out": 0}
+        try:  # the commit: a failure here (storage) is worth another attempt
+            return write_part(self.parts_dir, shard, cols, fmt=self.fmt, tree=self.tree, compression=self.compression,
+                              result=result, fingerprint=part_fingerprint(self.fingerprint, shard))
+        except Exception as exc:
+            return {**base, "status": "failed", "retry": True, "n_out": 0,
+                    "error": f"commit failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]}
 
 
 def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree: str, compression: str,
                workers: int, cpus_per_worker: float = 1.0, in_flight: int | None = None, max_retries: int = 2,
-               resume: bool = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
-               label: str = "run", keep_warm_s: float = 0.0) -> dict:
+               resume: bool | str = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
+               label: str = "run", keep_warm_s: float = 0.0, shard_timeout_s: float | None = None) -> dict:
     """Run ``processor`` over ``shards`` on ``workers`` actors; return counters and per-shard results.
 
     ``total`` = (shards, events) for the progress line and ETA. Results of committed shards are
-    read from their markers, so the returned list is complete on --resume too. The actors come
-    from, and go back to, the warm pool (``keep_warm_s`` > 0; see engine.pool).
+    read from their markers, so the returned list is complete on --resume too; a committed part
+    made by another job (its fingerprint differs) is redone, or with ``resume="strict"`` the
+    run is refused before anything runs. A shard running longer than ``shard_timeout_s`` has its
+    actor restarted and is tried again (``max_retries``), then reported as failed. The actors
+    come from, and go back to, the warm pool (``keep_warm_s`` > 0; see engine.pool).
     """
     import ray
 
     parts_dir = as_path(parts_dir)  # a local Path or a StorePath (s3://...)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    run_fp = fingerprint(processor, fmt, tree, compression)
+    if resume == "strict":
+        if iter(shards) is shards:  # a one-pass iterator: the check must not use it up
+            shards = list(shards)
+        _refuse_changed(shards, parts_dir, run_fp)
     actors, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries)
     # the run's settings (the processor holds config and model bytes) go to the object store once;
     # the driver holds the ref until the end, so a restarted actor can always fetch them again
     token = uuid.uuid4().hex
-    box = [ray.put((processor, str(parts_dir), fmt, tree, compression))]
+    box = [ray.put((processor, str(parts_dir), fmt, tree, compression, run_fp))]
     per_actor = 1 + (in_flight if in_flight is not None else 1)
     load = [0] * workers
+    queues: list[list] = [[] for _ in range(workers)]  # refs per actor, in the order it runs them
+    head_since = [0.0] * workers  # when the actor's first queued task started (estimate)
     last_file: list[str | None] = [None] * workers  # an actor keeps the trees it read open (KEEP_OPEN)
     pending: dict = {}  # ref -> (actor index, shard)
+    tries: dict[str, int] = {}  # shard id -> attempts the driver made (timeouts, failed commits)
     results: list[dict] = []
+    redone: dict[str, int] = {}  # why committed parts were not kept on --resume
     n_shards, n_events = total or (0, 0)
     prog = Progress(label, n_shards, n_events, progress_every_s)
 
-    def drain(block_until: int):
+    def failed(shard: Shard, error: str) -> dict:
+        return {"shard_id": shard.shard_id, "index": shard.index, "source": shard.describe(), "status": "failed",
+                "n_in": shard.num_entries, "n_out": 0, "sample": shard.sample, "error": error}
+
+    def submit(shard: Shard, room: int) -> None:
+        # the actor that read this file last, if it has room (its tree is still open), else the least loaded
+        free = [j for j in range(workers) if load[j] < room]
+        i = next((j for j in free if last_file[j] == shard.file), min(free, key=load.__getitem__))
+        load[i] += 1
+        last_file[i] = shard.file
+        ref = actors[i].run.remote(shard.to_dict(), token, box)
+        if not queues[i]:
+            head_since[i] = time.monotonic()
+        queues[i].append(ref)
+        pending[ref] = (i, shard)
+
+    def forget(ref) -> tuple[int, Shard]:
+        i, shard = pending.pop(ref)
+        load[i] -= 1
+        queues[i].remove(ref)
+        head_since[i] = time.monotonic()
+        return i, shard
+
+    def time_out(i: int) -> list[Shard]:
+        """Actor ``i`` ran its shard too long: cancel its tasks, restart it; the shards to redo."""
+        refs = list(queues[i])
+        for ref in refs:
+            ray.cancel(ref)  # cancelled tasks are not retried by Ray when the actor restarts
+        ray.kill(actors[i], no_restart=False)
+        again = []
+        for k, ref in enumerate(refs):
+            _, shard = forget(ref)
+            if k == 0:  # the one that ran too long
+                tries[shard.shard_id] = tries.get(shard.shard_id, 0) + 1
+                if tries[shard.shard_id] > max_retries:
+                    record(failed(shard, f"ran longer than engine.shard_timeout_s={shard_timeout_s:g} s in "
+                                         f"{tries[shard.shard_id]} attempts; raise it or make the shard smaller"))
+                    continue
+            again.append(shard)
+        return again
+
+    def record(res: dict) -> None:
+        results.append(res)
+        prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
+
+    def drain(block_until: int) -> None:
         while len(pending) > block_until:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            wait_s = None
+            if shard_timeout_s:
+                now = time.monotonic()
+                busy = [j for j in range(workers) if queues[j]]
+                wait_s = max(0.0, min(head_since[j] + shard_timeout_s - now for j in busy)) + 0.05
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            if not done:
+                now = time.monotonic()
+                for j in [j for j in range(workers) if queues[j] and now - head_since[j] > shard_timeout_s]:
+                    for shard in time_out(j):
+                        submit(shard, per_actor)
+                continue
             ref = done[0]
-            i, shard = pending.pop(ref)
-            load[i] -= 1
+            _, shard = forget(ref)
             try:
                 res = ray.get(ref)
             except Exception as exc:  # actor died more often than retries allow
-                res = {"shard_id": shard.shard_id, "index": shard.index, "source": shard.describe(), "status": "failed",
-                       "n_in": shard.num_entries, "n_out": 0, "sample": shard.sample,
-                       "error": f"worker lost after {max_retries} retries: {str(exc).splitlines()[0][:300]}"}
-            results.append(res)
-            prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
+                res = failed(shard, f"worker lost after {max_retries} retries: {str(exc).splitlines()[0][:300]}")
+            if not isinstance(res, dict) or "status" not in res:  # never a driver crash
+                res = {**failed(shard, f"attempt returned no commit record ({type(res).__name__})"), "retry": True}
+            if res.pop("retry", False) and tries.get(shard.shard_id, 0) < max_retries:
+                tries[shard.shard_id] = tries.get(shard.shard_id, 0) + 1
+                submit(shard, per_actor)
+                continue
+            record(res)
 
     parked, seen = False, 0
     try:
         for shard in shards:
             seen += 1
             if resume:
-                rec = committed(parts_dir, shard.shard_id)
-                if rec is not None:
+                state, rec = marker_state(parts_dir, shard.shard_id, part_fingerprint(run_fp, shard))
+                if state == "ok":
                     results.append({**rec, "resumed": True})
                     prog.skipped += rec.get("n_in", 0)
                     prog.shards += 1
                     continue
+                if state != "missing":  # write_part replaces a marker that vouches for nothing
+                    redone[state] = redone.get(state, 0) + 1
             # the last ``workers`` shards go only to idle actors: queued behind a busy actor, one of
             # them could keep the run going for a whole shard while another actor sits idle
             room = 1 if n_shards and n_shards - seen < workers else per_actor
             drain(workers * room - 1)
-            # the actor that read this file last, if it has room (its tree is still open), else the least loaded
-            free = [j for j in range(workers) if load[j] < room]
-            i = next((j for j in free if last_file[j] == shard.file), min(free, key=load.__getitem__))
-            load[i] += 1
-            last_file[i] = shard.file
-            pending[actors[i].run.remote(shard.to_dict(), token, box)] = (i, shard)
+            submit(shard, room)
         drain(0)
         pool.park(actors, pool_key, keep_warm_s)
         parked = True
     finally:
         if not parked:  # interrupted: work may still be in flight on them
             pool.kill(actors)
+    ok = [r for r in results if r["status"] == "ok"]
+    # exactly the manifest's parts stay: a loser's, a dead attempt's or an older job's files go
+    remove_uncommitted(parts_dir, {r["part"] for r in ok}, {r["shard_id"] for r in ok})
     prog.print(final=True)
     results.sort(key=lambda r: r.get("index", 0))
     return {
         "shards": len(results),
-        "shards_ok": sum(r["status"] == "ok" for r in results),
+        "shards_ok": len(ok),
         "shards_resumed": sum(bool(r.get("resumed")) for r in results),
-        "events_in": sum(r.get("n_in", 0) for r in results if r["status"] == "ok"),
-        "events_out": sum(r.get("n_out", 0) for r in results if r["status"] == "ok"),
+        "shards_redone": sum(redone.values()),
+        "redone": redone,
+        "events_in": sum(r.get("n_in", 0) for r in ok),
+        "events_out": sum(r.get("n_out", 0) for r in ok),
         "seconds": round(time.monotonic() - prog.t0, 3),
         "results": results,
     }
+
+
+def _refuse_changed(shards: Iterable[Shard], parts_dir, run_fp: str) -> None:
+    """``--resume --strict``: refuse the run, before anything runs, if any committed part was
+    made by another job (its fingerprint differs)."""
+    stale = total = 0
+    for shard in shards:
+        state, _ = marker_state(parts_dir, shard.shard_id, part_fingerprint(run_fp, shard))
+        total += state != "missing"
+        stale += state == "stale"
+    if stale:
+        raise HeprayError(f"{parts_dir}: {stale} of {total} committed parts were made by a different job (cut, "
+                          "expressions, model or settings changed); resume without --strict to redo them, or "
+                          "choose another output.dir")

@@ -1,11 +1,14 @@
 """The one way a part is written, on a local disk or on any store fsspec writes to.
 
-Local (POSIX) directories: the part goes to a temporary name, is atomically renamed, then its
-commit marker is written. Object stores (``s3://``, ``gs://``, ``memory://``, ``root://``...)
-have no atomic rename, so the part is uploaded under its final name and the marker is written
-LAST: the marker is the commit. Readers and ``--resume`` trust only parts whose marker exists
-and names their size; a part without one is simply overwritten. Either way writing the same
-shard twice replaces it, never duplicates it.
+Each attempt at a shard writes its part under its own name (``<sample>_<shard id>_<attempt>``),
+fsync'ed and atomically renamed into place on a local disk, uploaded whole to an object store.
+Then it commits by CREATING the shard's marker ``_committed/<shard id>.json``, exclusively
+(``O_EXCL`` link locally, ``If-None-Match: *`` on a store): the marker names the part, its
+size, its sha256, the attempt and the fingerprint of everything that made it (the job). Of a
+retried and a zombie attempt of one shard only the first to create the marker counts; the
+other removes its own part. A marker whose part is gone, torn or made by another job
+(fingerprint) does not count and is replaced. Readers, ``--resume`` and ``hepray verify``
+trust only parts a marker vouches for; a run's last step removes every other part file.
 
 Run directories are :class:`pathlib.Path` for local paths (and ``file://`` URLs) and
 :class:`StorePath` for other URLs; both support the few path operations the engine uses, so
@@ -15,6 +18,8 @@ Run directories are :class:`pathlib.Path` for local paths (and ``file://`` URLs)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -31,10 +36,10 @@ import numpy as np
 COMMITTED = "_committed"
 
 
-def part_name(shard, fmt: str) -> str:
+def part_name(shard, fmt: str, attempt: str = "") -> str:
     ext = "root" if fmt == "root" else "parquet"
     prefix = shard.sample or "part"
-    return f"{prefix}_{shard.shard_id}.{ext}"
+    return f"{prefix}_{shard.shard_id}{'_' + attempt if attempt else ''}.{ext}"
 
 
 def _compression(spec: str):
@@ -73,7 +78,8 @@ def _branch_type(v):
 
 
 def write_parquet(path: Path, columns: dict, compression: str) -> None:
-    arr = ak.Array({k: (v if isinstance(v, ak.Array) else ak.Array(np.asarray(v))) for k, v in columns.items()})
+    # contiguous: per-class score columns are strided slices of one matrix ("ndarray is not contiguous")
+    arr = ak.Array({k: (v if isinstance(v, ak.Array) else ak.Array(np.ascontiguousarray(v))) for k, v in columns.items()})
     codec = compression.split(":")[0].lower()
     ak.to_parquet(arr, path, compression=None if codec == "none" else codec)
 
@@ -206,9 +212,19 @@ def staged_file(path: AnyPath) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        _fsync(tmp)  # the bytes on disk before the name points at them, and the name after
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -220,35 +236,205 @@ def atomic_writer(path: str | os.PathLike | StorePath) -> Iterator[IO[str]]:
 
 # -- parts and their commit markers ----------------------------------------------------------
 
+def fingerprint(*objs) -> str:
+    """A stable hash of what determines a part: the processor (its dataset spec after defaults,
+    expressions, cut, settings, the model's bytes...) and the output settings. Job configs count
+    without their name, output folder and engine settings (those do not change a part)."""
+    h = hashlib.sha256()
+    seen: set[int] = set()
+
+    def feed(o) -> None:
+        from pydantic import BaseModel
+
+        from ..config import JobConfig
+
+        if isinstance(o, (str, int, float, bool, type(None))):
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+        elif isinstance(o, (bytes, bytearray, memoryview)):
+            h.update(b"bytes:" + hashlib.sha256(o).digest())
+        elif isinstance(o, np.ndarray):
+            h.update(f"nd:{o.dtype}:{o.shape}:".encode() + hashlib.sha256(np.ascontiguousarray(o)).digest())
+        elif isinstance(o, np.generic):
+            feed(o.item())
+        elif isinstance(o, (Path, StorePath)):
+            feed(str(o))
+        elif id(o) in seen:
+            h.update(b"cycle;")
+        else:
+            seen.add(id(o))
+            h.update(f"<{type(o).__qualname__}>".encode())
+            if isinstance(o, JobConfig):
+                d = o.model_dump(mode="json", exclude={"name", "engine", "source"})
+                d.get("output", {}).pop("dir", None)
+                feed(d)
+            elif isinstance(o, BaseModel):
+                feed(o.model_dump(mode="json"))
+            elif isinstance(o, dict):
+                for k in sorted(o, key=repr):
+                    feed(k)
+                    feed(o[k])
+            elif isinstance(o, (list, tuple)):
+                for x in o:
+                    feed(x)
+            elif isinstance(o, (set, frozenset)):
+                for x in sorted(o, key=repr):
+                    feed(x)
+            elif dataclasses.is_dataclass(o):
+                feed({f.name: getattr(o, f.name) for f in dataclasses.fields(o)})
+            elif callable(o) and hasattr(o, "__qualname__"):
+                feed(f"{getattr(o, '__module__', '')}.{o.__qualname__}")
+            elif hasattr(o, "__dict__"):
+                feed(vars(o))
+            else:
+                feed(repr(o))
+
+    for o in objs:
+        feed(o)
+    return h.hexdigest()[:32]
+
+
+def part_fingerprint(run_fingerprint: str, shard) -> str:
+    """The run's fingerprint joined with the shard's identity (file identity, tree, entry range)."""
+    return hashlib.sha256(f"{run_fingerprint}:{shard.shard_id}".encode()).hexdigest()[:32]
+
+
+def sha256_file(path: AnyPath) -> str:
+    if isinstance(path, StorePath):
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def marker_path(parts_dir: AnyPath, shard_id: str) -> AnyPath:
+    return parts_dir / COMMITTED / f"{shard_id}.json"
+
+
 def write_part(parts_dir: str | os.PathLike | StorePath, shard, columns: dict, *, fmt: str, tree: str,
-               compression: str, result: dict) -> AnyPath:
-    """Write one shard's part exactly once and its commit marker (holding ``result``) last."""
+               compression: str, result: dict, fingerprint: str = "", attempt: str | None = None) -> dict:
+    """Write one shard's part under this attempt's own name, then commit it by creating its marker
+    (holding ``result``, size, sha256, attempt, fingerprint). Returns the marker's record: ours,
+    or, if another attempt of the same shard and job committed first, that one (ours removed)."""
     parts_dir = as_path(parts_dir)
     (parts_dir / COMMITTED).mkdir(parents=True, exist_ok=True)
-    final = parts_dir / part_name(shard, fmt)
+    attempt = attempt or uuid.uuid4().hex[:8]
+    final = parts_dir / part_name(shard, fmt, attempt)
     with staged_file(final) as local:
         if fmt == "root":
             write_root(local, columns, tree, compression)
         else:
             write_parquet(local, columns, compression)
         size = local.stat().st_size
+        digest = sha256_file(local)
     # the part is in place (renamed, or uploaded under its final name): now, and only now, commit
-    write_json_atomic(parts_dir / COMMITTED / f"{shard.shard_id}.json",
-                      {**result, "part": final.name, "bytes_written": size})
-    return final
+    rec = {**result, "part": final.name, "bytes_written": size, "sha256": digest, "attempt": attempt,
+           "fingerprint": fingerprint}
+    marker = marker_path(parts_dir, shard.shard_id)
+    data = json.dumps(rec, indent=1, default=_default).encode()
+    for _ in range(2):
+        if _create_exclusive(marker, data):
+            return rec
+        state, old = marker_state(parts_dir, shard.shard_id, fingerprint)
+        if state == "ok":  # another attempt of this shard and job won: it counts, ours goes
+            if old["part"] != final.name:
+                final.unlink(missing_ok=True)
+            return old
+        # a marker that vouches for nothing (its part gone or torn, corrupt, another job's): replace it
+        marker.unlink(missing_ok=True)
+        if old and isinstance(old.get("part"), str) and old["part"] != final.name and "/" not in old["part"]:
+            (parts_dir / old["part"]).unlink(missing_ok=True)
+    final.unlink(missing_ok=True)
+    raise OSError(f"could not commit {marker}: another attempt keeps replacing it")
 
 
-def committed(parts_dir: str | os.PathLike | StorePath, shard_id: str) -> dict | None:
-    """The commit record of a shard if its part was fully written: the marker exists and the
-    part it names is there with the size it recorded (an object store never shows half an
-    object, but a later unfinished rewrite of the same name must not pass either)."""
+def _create_exclusive(path: AnyPath, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` only if it does not exist; readers see it whole or not at
+    all (a local file is linked into place, ``link`` fails if the name exists; a store object is
+    one conditional PUT)."""
+    if isinstance(path, StorePath):
+        fs, p = path._fs()
+        try:
+            with fs.open(p, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # S3 answers 412 Precondition Failed
+            if "412" in str(exc) or "Precondition" in str(exc):
+                return False
+            raise
+        return True
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_marker(path: AnyPath) -> dict | None:
+    """A marker's record; None if missing. Raises ValueError (one line) if it is not a record."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        rec = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{path}: corrupt commit marker (not JSON)") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("part"), str):
+        raise ValueError(f"{path}: corrupt commit marker (no part named)")
+    return rec
+
+
+def marker_state(parts_dir: AnyPath, shard_id: str, fingerprint: str | None = None) -> tuple[str, dict | None]:
+    """(state, record) of a shard's marker: ``missing``, ``corrupt``, ``stale`` (made by another
+    job: its fingerprint differs), ``torn`` (its part is gone or has another size) or ``ok``."""
     parts_dir = as_path(parts_dir)
     try:
-        rec = json.loads((parts_dir / COMMITTED / f"{shard_id}.json").read_text())
+        rec = read_marker(marker_path(parts_dir, shard_id))
+    except ValueError:
+        return "corrupt", None
+    if rec is None:
+        return "missing", None
+    if fingerprint is not None and rec.get("fingerprint", "") != fingerprint:
+        return "stale", rec
+    try:
         size = (parts_dir / rec["part"]).stat().st_size
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
-    return rec if rec.get("bytes_written", size) == size else None
+    except (FileNotFoundError, NotADirectoryError):
+        return "torn", rec
+    return ("ok" if rec.get("bytes_written", size) == size else "torn"), rec
+
+
+def committed(parts_dir: str | os.PathLike | StorePath, shard_id: str, fingerprint: str | None = None) -> dict | None:
+    """The commit record of a shard if its part was fully written (and, given ``fingerprint``,
+    by the same job): the marker exists and the part it names is there with its recorded size."""
+    state, rec = marker_state(parts_dir, shard_id, fingerprint)
+    return rec if state == "ok" else None
+
+
+def remove_uncommitted(parts_dir: str | os.PathLike | StorePath, keep_parts: set[str], keep_markers: set[str]) -> int:
+    """The last step of a run: remove every part file and marker in ``parts_dir`` that this run
+    did not commit (a loser's or a dead attempt's part, a stale job's), so a glob over the folder
+    sees exactly the manifest's parts. Returns how many files went."""
+    parts_dir = as_path(parts_dir)
+    n = 0
+    for p in parts_dir.glob("*"):
+        if p.name.endswith((".root", ".parquet")) and p.name not in keep_parts:
+            p.unlink(missing_ok=True)
+            n += 1
+    for m in (parts_dir / COMMITTED).glob("*.json"):
+        if m.name[:-5] not in keep_markers:
+            m.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def write_json_atomic(path: str | os.PathLike | StorePath, obj) -> None:

@@ -30,4 +30,24 @@ def build_model(arch: dict):
     if name not in _BUILDERS:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_BUILDERS))}")
     module, cls = _BUILDERS[name]
-    return getattr(importlib.import_module(module), cls)(**arch)
+    builder = getattr(importlib.import_module(module), cls)
+    _check_arguments(name, builder, arch)
+    return builder(**arch)
+
+
+def _check_arguments(name: str, builder, arch: dict) -> None:
+    """Stored architecture arguments must match the module's signature: an unknown or missing one
+    is named, instead of a TypeError deep inside the constructor."""
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(arch) - set(params))
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in arch
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if unknown or missing:
+        what = "; ".join(x for x in (f"unknown {', '.join(unknown)}" if unknown else "",
+                                     f"missing {', '.join(missing)}" if missing else "") if x)
+        raise ValueError(f"architecture {name!r} arguments do not match {builder.__name__}(): {what} "
+                         f"(it takes {', '.join(params)})")

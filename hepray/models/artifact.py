@@ -54,8 +54,18 @@ def load_metadata(path: str | os.PathLike) -> dict:
 
 
 def model_file(path: str | os.PathLike, meta: dict) -> Path:
+    """The model's weights file; the metadata's ``file`` must name one inside the model folder."""
     p = Path(path)
-    return p / meta["file"] if p.is_dir() else p
+    if not p.is_dir():
+        return p
+    name = meta.get("file")
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(str(p / METADATA), "`file` must name the model's weights file")
+    f = p / name
+    if not Path(os.path.realpath(f)).is_relative_to(os.path.realpath(p)):
+        raise ModelLoadError(str(p / METADATA), f"`file` {name!r} points outside the model folder; "
+                                                "keep the weights file inside it")
+    return f
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict, Path, bytes]:

@@ -22,6 +22,7 @@ class ModelBundle:
     path: str
     meta: dict
     raw: bytes
+    n_features: int | None = None  # what the model itself says it takes (xgboost), set by load()
 
     @classmethod
     def read(cls, path: str | Path) -> ModelBundle:
@@ -55,10 +56,16 @@ class ModelBundle:
         ``feature_matrix``); torch wants rows."""
         return "F" if self.meta["type"] == "xgboost" else "C"
 
-    def output_names(self, prefix: str = "score") -> list[str]:
-        if len(self.classes) > 2 or self.meta.get("task") == "multiclass":
-            return [f"{prefix}_{c}" for c in self.classes]
-        return [prefix]
+    def output_names(self, prefix: str = "score", n: int | None = None) -> list[str]:
+        """Column names of the scores; ``n``: the columns predict gave (multi-output models
+        give several even when their task is not multiclass)."""
+        if n is None:
+            if len(self.classes) > 2 or self.meta.get("task") == "multiclass":
+                return [f"{prefix}_{c}" for c in self.classes]
+            return [prefix]
+        if n == 1:
+            return [prefix]
+        return [f"{prefix}_{c}" for c in (self.classes if len(self.classes) == n else range(n))]
 
 
 def _load_xgboost(bundle: ModelBundle, nthread: int):
@@ -71,6 +78,7 @@ def _load_xgboost(bundle: ModelBundle, nthread: int):
         raise ModelLoadError(bundle.path, f"not an xgboost JSON/UBJ model ({str(exc).splitlines()[0][:200]})") from None
     booster.set_param({"nthread": nthread})
     n_features = booster.num_features()
+    bundle.n_features = n_features or None
     if bundle.features is not None and n_features not in (0, len(bundle.features)):
         raise ModelLoadError(bundle.path, f"model expects {n_features} features, metadata lists {len(bundle.features)}")
 

@@ -16,6 +16,7 @@ from .registry import register
 class ModelRef(Spec):
     path: str
     features: list[str] | None = None  # default: the features stored with the model
+    feature_map: dict[str, str] = {}  # stored feature name -> the column to feed it (renamed inputs)
     output: str = "score"
     batch_size: int = Field(1_000_000, gt=0)
 
@@ -41,7 +42,7 @@ class InferProcessor(ShardProcessor):
         scores = [self.predict(X[i:i + self.batch_size]) for i in range(0, len(X), self.batch_size)]
         S = np.concatenate(scores) if scores else np.zeros((0, len(self.bundle.output_names())), np.float32)
         out = {k: cols[k] for k in identity_columns(cols, self.dataset) + self.keep}
-        for j, name in enumerate(self.bundle.output_names(self.output)):
+        for j, name in enumerate(self.bundle.output_names(self.output, S.shape[1])):
             out[name] = S[:, j]
         return PartData(out, n_in)
 
@@ -53,11 +54,31 @@ class Infer(Workload):
     Config = InferConfig
 
     def features(self, bundle: ModelBundle | None = None) -> list[str]:
+        """The columns fed to the model, in its order: the stored list (renamed by
+        ``model.feature_map``), or the job's list for a model that stores none. A job list that
+        differs from the stored one (names or order) would silently give other scores: refused."""
         job = self.job
         bundle = bundle or ModelBundle.read(job.resolve(job.model.path))
-        features = job.model.features or bundle.features
+        stored, given, fmap = bundle.features, job.model.features, job.model.feature_map
+        if stored and fmap:
+            unknown = sorted(set(fmap) - set(stored))
+            if unknown:
+                raise ConfigError(job.source, "model.feature_map", f"{unknown[0]!r} is not one of the model's "
+                                  f"features {stored}")
+            stored = [fmap.get(f, f) for f in stored]
+        elif fmap:
+            raise ConfigError(job.source, "model.feature_map", "the model stores no feature list to map; "
+                              "name the columns in model.features")
+        if stored and given and list(given) != list(stored):
+            raise ConfigError(job.source, "model.features", f"{list(given)} differ from the model's stored "
+                              f"features {list(stored)} (names or order); drop model.features, or map stored "
+                              "names to columns with model.feature_map")
+        features = stored or given
         if not features:
             raise ConfigError(job.source, "model.features", "the model stores no feature list: name them here")
+        if bundle.n_features and bundle.n_features != len(features):
+            raise ConfigError(job.source, "model.features", f"{len(features)} features given, the model "
+                              f"({bundle.path}) takes {bundle.n_features}")
         return list(features)
 
     def columns(self) -> list[str]:

@@ -1,0 +1,144 @@
+"""No run can delete, mix or silently corrupt data (issue 20): --overwrite deletes only what hepray
+made, parts are valid only for the job that made them, one writer per run folder, commits that
+can be checked (``hepray verify``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hepray
+from hepray.io import rundir
+
+from .conftest import infer_job
+
+ROOT = Path(__file__).parent.parent
+
+
+def _tree_state(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hepray.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+# -- --overwrite deletes only what hepray made ---------------------------------------------------
+
+def _foreign(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "thesis.tex").write_text("years of work")
+    (d / "sub").mkdir(exist_ok=True)
+    (d / "sub" / "data.root").write_bytes(b"x" * 100)
+    return d
+
+
+def test_overwrite_refuses_home(toy, tmp_path, monkeypatch):
+    home = _foreign(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    before = _tree_state(tmp_path)
+    with pytest.raises(hepray.ConfigError, match=r"output.dir: --overwrite refuses to delete .*: it is the home folder"):
+        hepray.run(infer_job(toy, "~"), overwrite=True, quiet=True)
+    assert _tree_state(tmp_path) == before
+
+
+def test_overwrite_refuses_cwd_and_its_parents(toy, tmp_path, monkeypatch):
+    top = _foreign(tmp_path / "top")
+    work = top / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    before = _tree_state(tmp_path)
+    for out in (".", "..", str(top)):
+        with pytest.raises(hepray.ConfigError, match="working directory or one of its parents"):
+            hepray.run(infer_job(toy, out), overwrite=True, quiet=True)
+    # name: ".." used to give runs/.. = the working directory; the name is now refused at load
+    with pytest.raises(hepray.ConfigError, match="name: '..' is not a valid name"):
+        hepray.run({**infer_job(toy, "x"), "name": "..", "output": {}}, overwrite=True, quiet=True)
+    assert _tree_state(tmp_path) == before
+
+
+def test_overwrite_refuses_root_and_a_folder_hepray_did_not_make(toy, tmp_path):
+    with pytest.raises(hepray.ConfigError, match="it is the filesystem root"):
+        rundir.check_removable(Path("/"))
+    foreign = _foreign(tmp_path / "foreign")
+    before = _tree_state(tmp_path)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(infer_job(toy, str(foreign))))
+    r = _cli("run", "--overwrite", str(job), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "hepray did not make it (no .hepray-run marker)" in r.stderr
+    assert _tree_state(tmp_path) == {**before, "job.json": job.read_bytes()}
+
+
+def test_overwrite_refuses_a_bucket_root():
+    import fsspec
+
+    bucket = f"hepray-test-{secrets.token_hex(4)}"
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(f"/{bucket}/other/object", b"someone else's")
+    with pytest.raises(hepray.ConfigError, match="it is a bucket root"):
+        rundir.check_removable(hepray.io.parts.as_path(f"memory://{bucket}"))
+    assert fs.cat_file(f"/{bucket}/other/object") == b"someone else's"
+
+
+def test_overwrite_checks_the_job_before_deleting(ray_session, toy, tmp_path):
+    run = tmp_path / "run"
+    hepray.run(infer_job(toy, run), quiet=True)
+    assert (run / rundir.RUN_MARKER).exists()
+    before = _tree_state(run)
+    with pytest.raises(hepray.ConfigError, match="model.features"):  # not the model's features
+        hepray.run(infer_job(toy, run, model={"features": ["f0", "f1", "f2", "nope"]}), overwrite=True, quiet=True)
+    assert _tree_state(run) == before
+    s = hepray.run(infer_job(toy, run), overwrite=True, quiet=True)  # hepray's own folder: deleted and redone
+    assert s["events_out"] == 40_000 and (run / rundir.RUN_MARKER).exists()
+
+
+# -- one writer per run folder ---------------------------------------------------------------
+
+def test_second_run_into_a_locked_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with rundir.locked(run) as me:
+        held = json.loads((run / rundir.LOCK).read_text())
+        assert held["pid"] == os.getpid() and held["token"] == me["token"]
+        with pytest.raises(hepray.HeprayError, match=rf"{run} is in use by another run \(host .*, pid {os.getpid()}"):
+            with rundir.locked(run):
+                pass
+    assert not (run / rundir.LOCK).exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    (run / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "token": "old"}))
+    with rundir.locked(run) as me:
+        assert json.loads((run / rundir.LOCK).read_text())["token"] == me["token"]
+    (run / rundir.LOCK).write_text(json.dumps({"host": "another-node", "pid": 1, "token": "x"}))
+    with pytest.raises(hepray.HeprayError, match="host another-node, pid 1"):  # cannot tell from here: refused
+        with rundir.locked(run):
+            pass
+
+
+def test_lock_on_an_object_store_is_a_conditional_create(s3, monkeypatch):
+    urls = [f"memory://hepray-test-{secrets.token_hex(4)}/run"]
+    if s3:
+        for k, v in s3["env"].items():
+            monkeypatch.setenv(k, v)
+        urls.append(f"s3://{s3['bucket']}/lock-test-{secrets.token_hex(4)}")
+    for url in urls:
+        with rundir.locked(hepray.io.parts.as_path(url)):
+            with pytest.raises(hepray.HeprayError, match="in use by another run"):
+                with rundir.locked(hepray.io.parts.as_path(url)):
+                    pass
+        with rundir.locked(hepray.io.parts.as_path(url)):  # released: free again
+            pass
