@@ -10,7 +10,15 @@
 
     python benchmarks/bench_classifier.py [--events 100000] [--epochs 3] [--alpha 5]
 
-Writes benchmarks/results/classifier.json.
+Writes benchmarks/results/classifier.json. With ``--vs-plain`` it runs only the whole-process
+comparison a new user makes: `hepray run job.yaml` (16-64-32-32-1, ``mode: direct``, batch 1024,
+the default evaluation, attribution and export) vs a plain torch script (uproot -> numpy ->
+the same MLP, optimizer and schedule -> AUC on the same 30 % test split), sides interleaved,
+medians of --repeats, with hepray's own per-stage seconds and the load average:
+
+    python benchmarks/bench_classifier.py --vs-plain [--events 1000000] [--epochs 3] [--repeats 3]
+
+Writes benchmarks/results/classifier_vs_plain.json.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_flat
+import numpy as np
+from common import HEPRAY_CLI, interleaved, loadavg, median_of, python_side, write_flat
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,19 +119,112 @@ def adnn(d: Path, alpha: float) -> dict:
     return res
 
 
+# the script a physicist writes: read, standardise, the same MLP (ELU), AdamW and cosine schedule as
+# hepray's defaults, batch 1024, AUC on the test rows of the same event-identity split
+PLAIN = r'''
+import time; t0 = time.perf_counter()
+import json, sys
+import numpy as np, torch, uproot
+from sklearn.metrics import roc_auc_score
+from hepray.data.loading import _splitmix64   # the same split rule, so both train on the same rows
+files, feats, epochs, batch, (n_test, n_val) = json.loads(sys.argv[1])
+a = uproot.concatenate([f + ":Events" for f in files], feats + ["label", "run", "luminosityBlock", "event"], library="np")
+X = np.column_stack([a[f] for f in feats]).astype(np.float32); y = a["label"].astype(np.float32)
+h = np.full(len(y), int(__import__("hashlib").sha1(b"data").hexdigest()[:15], 16), dtype=np.uint64)
+for k in ("run", "luminosityBlock", "event"):
+    h = _splitmix64(h ^ a[k].astype(np.int64).view(np.uint64))
+u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+test = u < n_test; train = u >= n_test + n_val
+mu, sd = X[train].mean(0), X[train].std(0)
+X = (X - mu) / sd
+torch.manual_seed(1)
+net = torch.nn.Sequential(torch.nn.Linear(len(feats), 64), torch.nn.ELU(), torch.nn.Linear(64, 32), torch.nn.ELU(),
+                          torch.nn.Linear(32, 32), torch.nn.ELU(), torch.nn.Linear(32, 1))
+opt = torch.optim.AdamW(net.parameters(), 3e-3)
+sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+xt, yt = torch.from_numpy(X[train]), torch.from_numpy(y[train])
+t_fit = time.perf_counter()
+for epoch in range(epochs):
+    perm = torch.randperm(len(yt))
+    for i in range(0, len(yt), batch):
+        j = perm[i:i + batch]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt[j])[:, 0], yt[j])
+        opt.zero_grad(); loss.backward(); opt.step()
+    sched.step()
+t_fit = time.perf_counter() - t_fit
+with torch.no_grad():
+    s = torch.sigmoid(net(torch.from_numpy(X[test]))[:, 0]).numpy()
+auc = roc_auc_score(y[test], s)
+print(json.dumps({"seconds": time.perf_counter() - t0, "seconds_fit": t_fit, "auc": auc}))
+'''
+
+def hepray_cli(job_file: str, out: str) -> dict:
+    r = python_side(HEPRAY_CLI, job_file, out)
+    m = json.loads((Path(out) / "metrics.json").read_text())
+    return {"seconds": r["seconds"], "auc": m["auc"], **{"seconds_" + k: v for k, v in r["stages"].items()}}
+
+
+def vs_plain(d: Path, events: int, epochs: int, repeats: int) -> dict:
+    files = []
+    for i in range(4):
+        p = d / f"plain_flat_{i}.root"
+        if not p.exists():
+            write_flat(p, events // 4, seed=100 + i)
+        files.append(str(p))
+    feats, batch, split = [f"x{i}" for i in range(16)], 1024, (0.3, 0.2)
+    out = str(d / "run_vs_plain")
+    job = {"kind": "train_classifier", "name": "bench_clf_plain", "output": {"dir": out},
+           "dataset": {"files": files, "shard_events": 250000}, "features": feats, "label": "label", "seed": 1,
+           "mode": "direct", "model": {"hidden": [64, 32, 32]}, "split": {"test": split[0], "validation": split[1]},
+           "weights": {"balance_classes": False}, "training": {"epochs": epochs, "batch_size": batch}}
+    (d / "train_classifier.yaml").write_text(json.dumps(job))  # JSON is YAML
+    load0 = loadavg()
+    runs = interleaved({"plain": lambda: python_side(PLAIN, [files, feats, epochs, batch, split]),
+                        "hepray": lambda: hepray_cli(str(d / "train_classifier.yaml"), out)}, repeats)
+    plain, cold = runs["plain"], runs["hepray"]
+    stages = sorted({k for r in cold for k in r if k.startswith("seconds_")})
+    res = {"events": events, "epochs": epochs, "batch_size": batch, "repeats": repeats, "cpus": os.cpu_count(),
+           "loadavg_start": load0, "loadavg_end": loadavg(), "runs": runs,
+           "seconds_plain": median_of(plain, "seconds"), "seconds_plain_fit": median_of(plain, "seconds_fit"),
+           "seconds_hepray": median_of(cold, "seconds"), **{f"hepray_{k}": median_of(cold, k) for k in stages},
+           "auc_plain": round(plain[0]["auc"], 5), "auc_hepray": round(cold[0]["auc"], 5)}
+    res["time_ratio_hepray_over_plain"] = round(res["seconds_hepray"] / res["seconds_plain"], 3)
+    after = [k for k in ("seconds_load_evaluation_events", "seconds_evaluate", "seconds_attribution", "seconds_export")
+             if k in stages]
+    # the goal: evaluation, attribution and export together at most 20 % of the fit
+    res["evaluate_over_fit"] = round(float(np.median([sum(r.get(k, 0) for k in after) / r["seconds_train"]
+                                                      for r in cold])), 3)
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
+    print(f"\ntrain_classifier vs a plain torch script, {events} events, {epochs} epochs, batch {batch}, median of "
+          f"{repeats} interleaved whole processes, load {load0[0]:.1f} -> {res['loadavg_end'][0]:.1f} on "
+          f"{os.cpu_count()} CPUs: hepray {res['seconds_hepray']:.1f}s vs plain {res['seconds_plain']:.1f}s "
+          f"(x{res['time_ratio_hepray_over_plain']:.2f}), AUC {res['auc_hepray']:.4f} vs {res['auc_plain']:.4f}")
+    print("hepray stages (s): " + ", ".join(f"{k.removeprefix('seconds_')} {res['hepray_' + k]:.2f}" for k in stages)
+          + f"; plain fit {res['seconds_plain_fit']:.2f}; evaluation/fit {res['evaluate_over_fit']:.1%}")
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--events", type=int, default=None, help="default 100000; with --vs-plain 1000000")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=5.0)
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--vs-plain", action="store_true", help="only the whole-process comparison with a plain torch script")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.vs_plain:
+        d = Path(args.dir or tempfile.mkdtemp(prefix="hepray_bench_clf_plain_"))
+        res = vs_plain(d, args.events or 1_000_000, args.epochs, args.repeats)
+        (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+        (ROOT / "benchmarks" / "results" / "classifier_vs_plain.json").write_text(json.dumps(res, indent=1))
+        return
     from hepray.engine.runtime import ensure_ray
 
     ensure_ray(num_cpus=2)
     d = Path(args.dir or tempfile.mkdtemp(prefix="hepray_bench_clf_"))
     res = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
-           "throughput": throughput(d, args.events, args.epochs), "mlp_vs_bdt": mlp_vs_bdt(d), "adnn": adnn(d, args.alpha)}
+           "throughput": throughput(d, args.events or 100_000, args.epochs), "mlp_vs_bdt": mlp_vs_bdt(d), "adnn": adnn(d, args.alpha)}
     res["load_average_end"] = os.getloadavg()
     print(json.dumps(res, indent=1))
     t = res["throughput"]

@@ -68,3 +68,57 @@ def timed(fn, *a, **k):
     t0 = time.perf_counter()
     out = fn(*a, **k)
     return out, time.perf_counter() - t0
+
+
+def loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages (/proc/loadavg): say how busy the machine was."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def interleaved(sides: dict, repeats: int) -> dict[str, list]:
+    """Run each side (name -> callable returning a dict with ``seconds``) ``repeats`` times,
+    alternating the order each round, so drifting load on a shared machine hits all sides alike."""
+    names, out = list(sides), {n: [] for n in sides}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            res = sides[n]()
+            res["loadavg"] = loadavg()
+            out[n].append(res)
+            print(f"  round {r + 1} {n}: {res['seconds']:.1f}s (load {res['loadavg'][0]:.1f})", flush=True)
+    return out
+
+
+def median_of(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return float(np.median(vals)) if vals else None
+
+
+# `hepray run job.yaml` as a user types it, timed from outside (interpreter start-up and every
+# import included, as for `python train.py`): wall seconds, peak RSS of that child process, its
+# summary.json and the per-stage seconds of its metrics.json (where the workload writes them)
+HEPRAY_CLI = r'''
+import json, resource, subprocess, sys, time
+job_file, out = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+r = subprocess.run([sys.executable, "-m", "hepray.cli", "run", job_file, "--overwrite"], capture_output=True, text=True)
+t1 = time.perf_counter()
+if r.returncode:
+    sys.exit(r.stderr[-3000:])
+m = json.load(open(out + "/metrics.json"))
+print(json.dumps({"seconds": t1 - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "summary": json.load(open(out + "/summary.json")), "stages": m.get("seconds", {})}))
+'''
+
+
+def python_side(code: str, *args) -> dict:
+    """Run ``code`` in a fresh interpreter with ``args`` (non-strings as JSON); its last stdout
+    line, parsed as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code, *(a if isinstance(a, str) else json.dumps(a) for a in args)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -44,6 +44,7 @@ def test_top_vs_qcd_auc_floor_and_outputs(direct):
     assert s["mode"] == "direct" and m["auc"] > 0.93  # measured 0.977 on this sample
     assert m["rejection_at_50"] > 10
     assert set(m["importance_shap"]) == set(FEATURES)
+    assert m["shap"] == {"events": 500, "method": "approximate"}  # the default method, on the asked sample
     assert max(m["importance_shap"], key=m["importance_shap"].get) in {"reco_mass", "reco_tau32", "reco_tau3", "reco_tau2", "reco_tau1"}
     for plot in ("roc.png", "scores.png", "importance_gain.png", "importance_shap.png", "bagging_signal_efficiency.png"):
         assert (out / "plots" / plot).stat().st_size > 5000
@@ -56,6 +57,35 @@ def test_top_vs_qcd_auc_floor_and_outputs(direct):
     assert len(t["score"]) == len(t["hepray_u"]) == m["n_test"]
     assert all(0 <= u < 0.3 for u in t["hepray_u"])  # the test fraction of the event-identity hash
     assert metrics.auc(np.array(t["label"]), np.array(t["score"]), np.array(t["weight"])) == pytest.approx(m["auc"])
+
+
+def test_shap_default_is_a_bounded_sample_and_exact_treeshap_on_request(tmp_path):
+    """The default SHAP ranking costs about a prediction (approximate contributions on a sample
+    sized for the plot, docs/bdt.md); `shap_method: exact` still gives xgboost's TreeSHAP, here
+    on every test row and checked against xgboost's own on the same rows."""
+    import xgboost as xgb
+
+    from hepray.config import DatasetSpec
+    from hepray.data.loading import SPLIT, load_columns
+    from hepray.data.planning import iter_plan
+    from hepray.workloads.train_bdt import TrainBDTConfig
+
+    fields = TrainBDTConfig.model_fields
+    assert 0 < fields["shap_events"].default <= 10_000 and fields["shap_method"].default == "approximate"
+    job = bdt_job(tmp_path, rounds=30, shap_events=10**6, shap_method="exact")
+    hepray.run(job, quiet=True)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["shap"] == {"events": m["n_test"], "method": "exact"}
+    spec = DatasetSpec(**job["dataset"])
+    cols = load_columns(list(iter_plan(spec)), spec, FEATURES)
+    X = np.column_stack([np.asarray(cols[f], np.float32) for f in FEATURES])[cols[SPLIT] < 0.2]  # default test split
+    assert len(X) == m["n_test"]
+    booster = xgb.Booster(model_file=str(tmp_path / "model" / "model.json"))
+    exact = np.abs(booster.predict(xgb.DMatrix(X), pred_contribs=True)[:, :-1]).mean(0)
+    approx = np.abs(booster.predict(xgb.DMatrix(X), pred_contribs=True, approx_contribs=True)[:, :-1]).mean(0)
+    got = np.array([m["importance_shap"][f] for f in FEATURES])
+    np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-7)
+    assert np.abs(exact - approx).max() > 1e-3 * exact.max()  # the two methods do differ on this model
 
 
 def test_model_runs_through_infer_and_matches_xgboost(direct, tmp_path):
