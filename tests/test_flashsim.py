@@ -260,7 +260,8 @@ def test_seed_per_shard_reproducible(flashed, trained):
     workload = FlashSim(load_job(flash_job(out, trained[0] / "model")))
     bundle = workload.bundle()
     shard = hepray.plan(workload.dataset(bundle))["shards"][1]
-    part = uproot.open(out / "parts" / f"{shard.sample}_{shard.shard_id}.root")["jets"].arrays(library="np")
+    record = hepray.io.parts.committed(out / "parts", shard.shard_id)  # parts carry their attempt id
+    part = uproot.open(out / "parts" / record["part"])["jets"].arrays(library="np")
 
     def rerun(seed: int) -> dict:
         proc = workload_processor(workload, bundle, seed)

@@ -97,7 +97,13 @@ class StorePath:
     def _fs(self):
         from fsspec.core import url_to_fs
 
-        return url_to_fs(self.url)  # filesystem instances are cached by fsspec
+        # fsspec caches filesystem instances by their arguments; an S3 endpoint taken from the
+        # environment is not one of them, so a long-lived process (a warm actor, a test session)
+        # would keep talking to the endpoint it saw first. Passing it makes it part of the key.
+        opts = {}
+        if self.url.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL"):
+            opts["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        return url_to_fs(self.url, **opts)
 
     def __truediv__(self, name: str | os.PathLike) -> StorePath:
         return StorePath(f"{self.url}/{os.fspath(name).strip('/')}")
