@@ -307,3 +307,49 @@ def test_a_define_named_like_a_field_does_not_join_the_collection():
     ref = _arrays([{"filter": "nMuon == 2"}, {"define": {"m": "(Muon[:, 0] + Muon[:, 1]).mass"}}], DIMU)
     np.testing.assert_array_equal(cols["m"], ref["m"])
     assert np.all(cols["nf"] == 2) and np.all(cols["Muon_total"] > 0)
+
+
+CUT = 20.0
+
+
+def test_callables_fingerprint_by_what_they_compute():
+    """A part made with one callable must not count for another on --resume: two lambdas, a
+    closure over another value, or an edited module constant give another fingerprint."""
+    import functools
+
+    from hepray.io.parts import fingerprint
+
+    def closure(x):
+        return lambda ev: ev.pt > x
+
+    def over_cut(ev):
+        return ev.pt > CUT
+
+    assert fingerprint(lambda ev: ev.pt + 1) != fingerprint(lambda ev: ev.pt + 2)
+    assert fingerprint(closure(10)) != fingerprint(closure(20))
+    assert fingerprint(closure(10)) == fingerprint(closure(10))
+    assert fingerprint(functools.partial(max, 1)) != fingerprint(functools.partial(max, 2))
+    before = fingerprint(over_cut)
+    globals()["CUT"] = 30.0
+    try:
+        assert fingerprint(over_cut) != before
+    finally:
+        globals()["CUT"] = 20.0
+    assert fingerprint(over_cut) == before
+
+
+def test_fingerprint_sees_every_temporary():
+    """Dataclasses and configs are fed as temporary dicts; a finished one's id is reused by the
+    next, which must not be taken for a cycle (its content would be skipped)."""
+    import dataclasses
+
+    from hepray.io.parts import fingerprint
+
+    @dataclasses.dataclass
+    class Step:
+        cut: float
+
+    assert fingerprint([Step(1), Step(2)]) != fingerprint([Step(1), Step(3)])
+    cyclic: list = [1]
+    cyclic.append(cyclic)
+    assert fingerprint(cyclic) == fingerprint(cyclic)  # a real cycle still ends

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -250,10 +251,6 @@ def fingerprint(*objs) -> str:
     seen: set[int] = set()
 
     def feed(o) -> None:
-        from pydantic import BaseModel
-
-        from ..config import JobConfig
-
         if isinstance(o, (str, int, float, bool, type(None))):
             h.update(f"{type(o).__name__}:{o!r};".encode())
         elif isinstance(o, (bytes, bytearray, memoryview)):
@@ -267,36 +264,67 @@ def fingerprint(*objs) -> str:
         elif id(o) in seen:
             h.update(b"cycle;")
         else:
+            # only objects being fed now count as a cycle: a finished temporary's id is reused
+            # by the next one, and remembering it would skip that one's content silently
             seen.add(id(o))
-            h.update(f"<{type(o).__qualname__}>".encode())
-            if isinstance(o, JobConfig):
-                d = o.model_dump(mode="json", exclude={"name", "engine", "source"})
-                d.get("output", {}).pop("dir", None)
-                feed(d)
-            elif isinstance(o, BaseModel):
-                feed(o.model_dump(mode="json"))
-            elif isinstance(o, dict):
-                for k in sorted(o, key=repr):
-                    feed(k)
-                    feed(o[k])
-            elif isinstance(o, (list, tuple)):
-                for x in o:
-                    feed(x)
-            elif isinstance(o, (set, frozenset)):
-                for x in sorted(o, key=repr):
-                    feed(x)
-            elif dataclasses.is_dataclass(o):
-                feed({f.name: getattr(o, f.name) for f in dataclasses.fields(o)})
-            elif callable(o) and hasattr(o, "__qualname__"):
-                feed(f"{getattr(o, '__module__', '')}.{o.__qualname__}")
-            elif hasattr(o, "__dict__"):
-                feed(vars(o))
-            else:
-                feed(repr(o))
+            try:
+                feed_container(o)
+            finally:
+                seen.discard(id(o))
+
+    def feed_container(o) -> None:
+        from pydantic import BaseModel
+
+        from ..config import JobConfig
+
+        h.update(f"<{type(o).__qualname__}>".encode())
+        if isinstance(o, JobConfig):
+            d = o.model_dump(mode="json", exclude={"name", "engine", "source"})
+            d.get("output", {}).pop("dir", None)
+            feed(d)
+        elif isinstance(o, BaseModel):
+            feed(o.model_dump(mode="json"))
+        elif isinstance(o, dict):
+            for k in sorted(o, key=repr):
+                feed(k)
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            for x in o:
+                feed(x)
+        elif isinstance(o, (set, frozenset)):
+            for x in sorted(o, key=repr):
+                feed(x)
+        elif dataclasses.is_dataclass(o):
+            feed({f.name: getattr(o, f.name) for f in dataclasses.fields(o)})
+        elif isinstance(o, types.CodeType):  # a function's own bytecode and constants
+            feed((o.co_code, o.co_consts, o.co_names))
+        elif isinstance(o, types.FunctionType):
+            # name alone would give two lambdas (or one edited between runs) one fingerprint
+            feed(f"{o.__module__}.{o.__qualname__}")
+            feed((o.__code__, o.__defaults__, o.__kwdefaults__))
+            feed([_cell(c) for c in o.__closure__ or ()])
+            g = o.__globals__  # module constants it reads (a cut value edited between runs)
+            feed([(n, g[n]) for n in o.__code__.co_names
+                  if isinstance(g.get(n), (int, float, str, bool, np.ndarray))])
+        elif isinstance(o, functools.partial):
+            feed((o.func, o.args, o.keywords))
+        elif callable(o) and hasattr(o, "__qualname__"):
+            feed(f"{getattr(o, '__module__', '')}.{o.__qualname__}")
+        elif hasattr(o, "__dict__"):
+            feed(vars(o))
+        else:
+            feed(repr(o))
 
     for o in objs:
         feed(o)
     return h.hexdigest()[:32]
+
+
+def _cell(c):
+    try:
+        return c.cell_contents
+    except ValueError:  # a closure cell not yet assigned
+        return None
 
 
 def part_fingerprint(run_fingerprint: str, shard) -> str:
