@@ -12,6 +12,7 @@ from .data.planning import iter_plan
 from .data.reading import read_shard
 from .data.shard import Shard
 from .engine.context import RunContext, run_dir_of
+from .engine.tasks import map_tasks
 from .io import rundir
 from .io.parts import write_json_atomic
 
@@ -76,7 +77,7 @@ def plan(job_or_dataset, registry=None) -> dict:
         resolve = job.resolve
         extra = workload.columns()
     shards, skipped = [], []
-    for s in iter_plan(spec, resolve, "skip", extra=extra):
+    for s in iter_plan(spec, resolve, "skip", extra=extra, mapper=map_tasks):
         (skipped if isinstance(s, dict) else shards).append(s)
     return {"files": len({s.file for s in shards}), "shards": shards, "events": sum(s.num_entries for s in shards),
             "bytes": sum(s.nbytes for s in shards), "skipped": skipped}
@@ -115,7 +116,7 @@ class Dataset:
         return self._with_step({"filter": expression})
 
     def plan(self) -> list[Shard]:
-        return [s for s in iter_plan(self.spec) if isinstance(s, Shard)]
+        return [s for s in iter_plan(self.spec, mapper=map_tasks) if isinstance(s, Shard)]
 
     def read(self, shard: Shard, extra: list[str] | tuple = ()) -> dict:
         return read_shard(shard, self.spec, extra)[0]

@@ -156,11 +156,12 @@ def test_model_that_is_not_xgboost_is_refused(toy, tmp_path):
 def test_many_files_planned_by_ray_tasks_match_driver_planning(ray_session, toy, tmp_path):
     from hepray.config import DatasetSpec
     from hepray.data.planning import iter_plan
+    from hepray.engine.tasks import map_tasks
 
     for i in range(40):  # 40 names for the two toy files: above the parallel-planning threshold
         (tmp_path / f"f{i:02d}.root").symlink_to(toy["files"][i % 2])
     spec = DatasetSpec(files=[f"file://{tmp_path}/f*.root"], shard_events=10_000)
-    par = list(iter_plan(spec, use_ray=True))
+    par = list(iter_plan(spec, use_ray=True, mapper=map_tasks))
     seq = list(iter_plan(spec, use_ray=False))
     assert [s.shard_id for s in par] == [s.shard_id for s in seq]
     assert len(par) == 80 and len({s.shard_id for s in par}) == 80  # copies of one file stay distinct

@@ -228,11 +228,13 @@ def test_intercept_in_margin_space(objective, link):
 # -- precision scan (Ray tasks) --------------------------------------------------------------------------
 
 def test_scan_picks_narrowest_passing_precision(mlp, ray_session):
+    from hepray.engine.tasks import map_tasks
     from hepray.fpga.scan import Tolerance, run_scan
 
     art = mlp["art"]
     res = run_scan(art, art.standardise(mlp["X"]), mlp["y"], ["ap_fixed<6,3>", "ap_fixed<12,4>", "ap_fixed<16,6>"],
-                   tolerance=Tolerance(0.995, 0.005), fidelity_kw={"background_fraction": 0.05}, reuse_factors=[1, 4])
+                   tolerance=Tolerance(0.995, 0.005), fidelity_kw={"background_fraction": 0.05}, reuse_factors=[1, 4],
+                   mapper=map_tasks)
     rows = {r["precision"]: r for r in res["rows"]}
     print("\nscan:", {p: (round(r["fidelity"]["decision_agreement"], 4), round(r["fidelity"]["auc"]["drop"], 4))
                       for p, r in rows.items()}, "->", res["chosen"])

@@ -127,12 +127,13 @@ def test_split_follows_event_identity_not_sharding(ray_session, tmp_path):
     from hepray.config import DatasetSpec
     from hepray.data.loading import SPLIT, load_columns
     from hepray.data.planning import iter_plan
+    from hepray.engine.tasks import map_tasks
 
     def test_events(shard_events):
         spec = DatasetSpec(tree="jets", samples=[{"name": "ttbar", "files": str(SAMPLE / "ttbar_*.root"), "label": 1}],
                            shard_events=shard_events)
         shards = list(iter_plan(spec))
-        cols = load_columns(shards, spec, ["event", "jet_rank"], parallel=True)  # Ray tasks
+        cols = load_columns(shards, spec, ["event", "jet_rank"], parallel=True, mapper=map_tasks)  # Ray tasks
         here = load_columns(shards, spec, ["event", "jet_rank"])  # small: read in this process
         assert all(np.array_equal(cols[k], here[k]) for k in cols if k != "__samples__")
         key = cols["event"] * 10 + cols["jet_rank"]

@@ -1,4 +1,4 @@
-"""Loading a planned dataset into memory for training, shards read in parallel by Ray tasks.
+"""Loading a planned dataset into memory for training, shards read in parallel by the engine's tasks.
 
 For data that fit one worker; larger data stream shard by shard (``iter_columns``) instead.
 Each event also gets ``sample``/``label``/``weight`` from its sample and a deterministic split
@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import DatasetSpec
 from .columns import concatenate
+from .mapper import Mapper
 from .reading import ENTRY, identity_columns, read_shard
 from .shard import Shard
 
@@ -60,31 +61,15 @@ def iter_columns(shards: Iterable[Shard], spec: DatasetSpec, extra: list[str]) -
         yield s, _read(s.to_dict(), spec, extra)
 
 
-def load_columns(shards: Iterable[Shard], spec: DatasetSpec, extra: list[str], parallel: bool | None = None) -> dict:
-    """All events of ``shards`` in memory, read by Ray tasks (bounded window, plan order kept);
+def load_columns(shards: Iterable[Shard], spec: DatasetSpec, extra: list[str], parallel: bool | None = None,
+                 mapper: Mapper | None = None) -> dict:
+    """All events of ``shards`` in memory, plan order kept, read through ``mapper`` (the engine's
+    ``map_tasks``: Ray tasks in a bounded window; none given: in this process);
     ``parallel=None``: in this process when the columns come to less than ``IN_PROCESS_BYTES``."""
     shards = list(shards)
     if parallel is None:
         parallel = sum(s.num_entries for s in shards) * (len(extra) + 4) * 8 > IN_PROCESS_BYTES
-    if not parallel or len(shards) <= 1:
+    if not parallel or len(shards) <= 1 or mapper is None:
         return concatenate(iter_columns(shards, spec, extra))
-    import ray
-
-    from ..engine.runtime import ensure_ray
-
-    ensure_ray()  # a job that joins a cluster has joined it already; otherwise a local instance
-    remote = ray.remote(num_cpus=1, max_retries=2)(_read)
-    window = max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
-    spec_ref = ray.put(spec)
-
-    def results():
-        refs = []
-        for s in shards:
-            refs.append((s, remote.remote(s.to_dict(), spec_ref, list(extra))))
-            if len(refs) >= window:
-                s0, r0 = refs.pop(0)
-                yield s0, ray.get(r0)
-        for s0, r0 in refs:
-            yield s0, ray.get(r0)
-
-    return concatenate(results())
+    results = mapper(_read, [s.to_dict() for s in shards], spec, list(extra), parallel=True)
+    return concatenate(zip(shards, results))

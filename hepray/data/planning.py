@@ -1,7 +1,7 @@
 """Shard planning: read only metadata, cut each file at TTree cluster (basket) boundaries.
 
 A shard never splits a cluster, so every basket is decompressed by exactly one worker. Files are
-planned in parallel by Ray tasks when there are many of them; the plan is streamed to disk
+planned in parallel (the engine's tasks) when there are many of them; the plan is streamed to disk
 (``plan.jsonl``) so the driver never holds a list that grows with the dataset.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from ..config import DatasetSpec, SampleSpec
 from ..errors import BranchNotFound, DataError
 from .files import expand, open_tree
+from .mapper import Mapper, in_process
 from .reading import needed_branches
 from .shard import Shard
 
@@ -102,17 +103,21 @@ def _plan_batch(paths, sample, tree, branches, shard_events, shard_bytes, on_err
 
 
 def iter_plan(spec: DatasetSpec, resolve=lambda p: p, on_error: str = "fail", use_ray: bool | None = None,
-              extra: list[str] | tuple = ()) -> Iterator[Shard | dict]:
+              extra: list[str] | tuple = (), mapper: Mapper | None = None) -> Iterator[Shard | dict]:
     """Yield the shards of ``spec`` in a deterministic order (sample, file, entry); files that
-    cannot be planned are raised (on_error=fail) or yielded as ``{"skipped": file, "error": msg}``."""
+    cannot be planned are raised (on_error=fail) or yielded as ``{"skipped": file, "error": msg}``.
+    Batches of files are planned through ``mapper`` (the engine's ``map_tasks``; none: here) when
+    there are more than ``PARALLEL_ABOVE`` files or ``use_ray`` says so."""
     branches = functools.partial(_branches_of, spec, list(extra))
+    mapper = mapper or in_process
     index = 0
     for sample in spec.sample_list():
         files = expand(sample.files, resolve, field=f"dataset.samples[{sample.name}].files" if spec.samples else "dataset.files")
         batches = [files[i:i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
         args = (sample, spec.tree, branches, spec.shard_events, spec.shard_bytes, on_error)
         parallel = use_ray if use_ray is not None else len(files) > PARALLEL_ABOVE
-        for results in _run_batches(batches, args, parallel):
+        # results consumed in order: a deterministic shard order
+        for results in mapper(_plan_batch, batches, *args, parallel=parallel, num_cpus=0.5):
             for r in results:
                 if isinstance(r, dict):
                     yield r
@@ -120,24 +125,3 @@ def iter_plan(spec: DatasetSpec, resolve=lambda p: p, on_error: str = "fail", us
                 for d in r:
                     yield Shard(index=index, **d)
                     index += 1
-
-
-def _run_batches(batches, args, parallel: bool):
-    if not parallel:
-        for b in batches:
-            yield _plan_batch(b, *args)
-        return
-    import ray
-
-    from ..engine.runtime import ensure_ray
-
-    ensure_ray()
-    remote = ray.remote(num_cpus=0.5, max_retries=2)(_plan_batch)
-    window = max(4, int(ray.cluster_resources().get("CPU", 2)) * 2)
-    refs = []
-    for b in batches:  # bounded window, results consumed in order: deterministic shard order
-        refs.append(remote.remote(b, *args))
-        if len(refs) >= window:
-            yield ray.get(refs.pop(0))
-    for r in refs:
-        yield ray.get(r)

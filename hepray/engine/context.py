@@ -14,7 +14,8 @@ from ..data.shard import Shard
 from ..errors import HeprayError, JobFailed
 from ..io import rundir
 from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, write_json_atomic
-from . import executor
+from . import executor, tasks
+from .summary import encode as encode_summary
 from .runtime import cluster_cpus, ensure_ray
 
 
@@ -72,6 +73,11 @@ class RunContext:
             return self._workers
         return max(1, int(cluster_cpus() / self.job.engine.cpus_per_worker))
 
+    def map_tasks(self, fn, items, *args, **kw):
+        """``fn(item, *args)`` per item, in order, as a bounded fan-out (engine/tasks.py): on Ray
+        when this run has it (or ``parallel=True``), else in this process."""
+        return tasks.map_tasks(fn, items, *args, address=self.address, **kw)
+
     # -- planning ----------------------------------------------------------------------------
     def plan(self, dataset: DatasetSpec, name: str = "plan", extra: list[str] | tuple = ()) -> Plan:
         """Plan ``dataset`` into ``<run_dir>/<name>.jsonl`` (shards aligned to clusters)."""
@@ -80,7 +86,8 @@ class RunContext:
         files: set[str] = set()
         skipped: list[dict] = []
         with atomic_writer(path) as f:
-            for s in iter_plan(dataset, self.job.resolve, self.job.engine.on_error, extra=extra):
+            for s in iter_plan(dataset, self.job.resolve, self.job.engine.on_error, extra=extra,
+                                   mapper=self.map_tasks):
                 if isinstance(s, dict):
                     skipped.append(s)
                     self.log(f"skipped {s['skipped']}: {s['error']}")
@@ -96,6 +103,8 @@ class RunContext:
     def map_shards(self, shards: Iterable[Shard], processor, *, name: str = "parts", tree: str | None = None,
                    total: tuple[int, int] | None = None) -> dict:
         """Process ``shards`` on a pool of actors; each part lands in ``<run_dir>/<name>/``.
+        Returns counters and ``"summary"``: the processors' per-shard summaries added up
+        (engine/summary.py; None if the processor returns none), resumed shards included.
 
         Raises JobFailed (listing the shards and why) when any shard failed and the job's
         ``engine.on_error`` is ``fail``; with ``skip`` the failures are listed in the manifest.
@@ -119,7 +128,7 @@ class RunContext:
         manifest = {
             "job": self.job.name, "kind": self.job.kind, "format": out.format, "tree": tree or out.tree,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **{k: v for k, v in summary.items() if k != "results"},
+            **{k: v for k, v in summary.items() if k not in ("results", "summary")},
             "shards_failed": len(failed),
             "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out",
                                               "bytes_written", "sha256", "nonfinite")}
@@ -127,8 +136,10 @@ class RunContext:
             "failed": [{k: r.get(k) for k in ("shard_id", "source", "error")} for r in failed],
             "skipped_files": skipped_files,
         }
+        if summary["summary"] is not None:  # encoded: the manifest stays JSON
+            manifest["summary"] = encode_summary(summary["summary"])
         self.write_json(f"{name}/_manifest.json", manifest)
-        summary = {k: v for k, v in manifest.items() if k != "parts"}
+        summary = {**{k: v for k, v in manifest.items() if k != "parts"}, "summary": summary["summary"]}
         self.summaries[name] = summary
         if failed and self.job.engine.on_error == "fail":
             first = failed[0]

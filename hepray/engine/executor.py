@@ -20,6 +20,7 @@ from ..errors import HeprayError
 from ..extras import LEAN_XGBOOST
 from ..io.parts import as_path, fingerprint, marker_state, part_fingerprint, remove_uncommitted, write_part
 from . import pool
+from . import summary as summaries
 from .progress import Progress
 
 KEEP_OPEN = 2  # trees an actor keeps open for its next shards (a NanoAOD tree costs ~0.3 s to open)
@@ -71,6 +72,8 @@ class ShardWorker:
             n_out = len(next(iter(cols.values()))) if cols else 0
             result = {**base, "status": "ok", "n_in": part.n_in, "n_out": n_out,
                       "seconds": round(time.perf_counter() - t0, 4)}
+            if getattr(part, "summary", None) is not None:  # kept in the marker: a resumed run adds it too
+                result["summary"] = summaries.encode(part.summary)
         except HeprayError as exc:  # data problems: retrying would fail the same way
             return {**base, "status": "failed", "error": exc.message, "n_out": 0}
         except Exception as exc:
@@ -120,6 +123,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
     pending: dict = {}  # ref -> (actor index, shard)
     tries: dict[str, int] = {}  # shard id -> attempts the driver made (timeouts, failed commits)
     results: list[dict] = []
+    total_summary = [None]  # the processors' per-shard summaries, added as they arrive (engine.summary)
     redone: dict[str, int] = {}  # why committed parts were not kept on --resume
     n_shards, n_events = total or (0, 0)
     prog = Progress(label, n_shards, n_events, progress_every_s)
@@ -165,7 +169,13 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             again.append(shard)
         return again
 
+    def add_summary(res: dict) -> None:
+        if res.get("status") == "ok" and res.get("summary") is not None:
+            total_summary[0] = summaries.add(total_summary[0], summaries.decode(res["summary"]))
+        res.pop("summary", None)  # the total is what the run keeps, not one per shard
+
     def record(res: dict) -> None:
+        add_summary(res)
         results.append(res)
         prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
 
@@ -204,7 +214,9 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             if resume:
                 state, rec = marker_state(parts_dir, shard.shard_id, part_fingerprint(run_fp, shard))
                 if state == "ok":
-                    results.append({**rec, "resumed": True})
+                    rec = {**rec, "resumed": True}
+                    add_summary(rec)
+                    results.append(rec)
                     prog.skipped += rec.get("n_in", 0)
                     prog.shards += 1
                     continue
@@ -235,6 +247,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         "events_in": sum(r.get("n_in", 0) for r in ok),
         "events_out": sum(r.get("n_out", 0) for r in ok),
         "seconds": round(time.monotonic() - prog.t0, 3),
+        "summary": total_summary[0],
         "results": results,
     }
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.mapper import Mapper, in_process
 from .artifacts import Artifact
 from .fixed import FixedType
 
@@ -103,10 +104,15 @@ def choose(rows: list[dict], tol: Tolerance) -> dict:
             "failed_same_width": [r["precision"] for r in rows if not r["passes"] and r["width"] == width]}
 
 
+def _evaluate(point, args: tuple, Z, float_out, labels, fidelity_kw: dict, reuse_factors: list) -> dict:
+    return evaluate_point(*args, point, Z, float_out, labels, fidelity_kw, reuse_factors)
+
+
 def run_scan(art: Artifact, Z: np.ndarray, labels: np.ndarray | None, grid: list[FixedType | str], *,
              base_options: dict | None = None, reuse_factors: list[int] | tuple = (1,), tolerance: Tolerance | None = None,
-             fidelity_kw: dict | None = None, use_ray: bool = True, log=None) -> dict:
-    """Evaluate ``grid`` on standardised inputs ``Z`` (one Ray task per point) and choose."""
+             fidelity_kw: dict | None = None, use_ray: bool = True, log=None, mapper: Mapper | None = None) -> dict:
+    """Evaluate ``grid`` on standardised inputs ``Z`` (one task per point through ``mapper``, the
+    engine's ``map_tasks``; none given or ``use_ray=False``: here) and choose."""
     tol = tolerance or Tolerance()
     fidelity_kw = dict(fidelity_kw or {})
     base = dict(base_options or {})
@@ -116,18 +122,8 @@ def run_scan(art: Artifact, Z: np.ndarray, labels: np.ndarray | None, grid: list
     points = sorted({str(FixedType.parse(p)) for p in grid}, key=lambda s: (FixedType.parse(s).width, FixedType.parse(s).integer))
     args = (art.path, art.meta, art.raw, base)
     t0 = time.perf_counter()
-    if use_ray:
-        import ray
-
-        from ..engine.runtime import ensure_ray
-
-        ensure_ray()  # joins or starts Ray, and frees CPUs held by idle shard actors
-        task = ray.remote(num_cpus=1, max_retries=1)(evaluate_point)
-        shared = [ray.put(x) for x in (Z, float_out, labels)]
-        refs = [task.remote(*args, p, *shared, fidelity_kw, list(reuse_factors)) for p in points]
-        rows = ray.get(refs)
-    else:
-        rows = [evaluate_point(*args, p, Z, float_out, labels, fidelity_kw, list(reuse_factors)) for p in points]
+    rows = list((mapper or in_process)(_evaluate, points, args, Z, float_out, labels, fidelity_kw,
+                                       list(reuse_factors), parallel=use_ray, max_retries=1))
     if log:
         for r in rows:
             f = r["fidelity"]

@@ -483,4 +483,8 @@ def _default(o):
         return o.tolist()
     if isinstance(o, (Path, StorePath)):
         return str(o)
+    if hasattr(o, "axes") and hasattr(o, "view"):  # a hist/boost_histogram (a run's summary): UHI's JSON form
+        from uhi.io.json import default
+
+        return default(o)
     raise TypeError(type(o).__name__)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data.mapper import Mapper, in_process
+
 
 @dataclasses.dataclass
 class Moments:
@@ -74,30 +76,13 @@ def merge_all(parts: Iterable[Moments]) -> Moments:
 
 
 def map_shard_tasks(fn: Callable[..., Any], shards: Iterable, *args, parallel: bool = True,
-                    window: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(shard, fn(shard.to_dict(), *args))`` in plan order, ``fn`` running as Ray tasks
-    (one CPU each, at most ``window`` in flight, default twice the cluster's CPUs) so the
-    driver's memory stays bounded; ``parallel=False`` runs them here, one by one.
+                    mapper: Mapper | None = None) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(shard, fn(shard.to_dict(), *args))`` in plan order, through ``mapper`` (the
+    engine's ``map_tasks``: Ray tasks, one CPU each, a bounded window; none given, or
+    ``parallel=False``: here, one by one) so the driver's memory stays bounded.
 
     ``fn`` should return something small (sums, counts), not the events.
     """
-    if not parallel:
-        for s in shards:
-            yield s, fn(s.to_dict(), *args)
-        return
-    import ray
-
-    from ..engine.runtime import ensure_ray
-
-    ensure_ray()  # joined already; frees CPUs held by idle shard actors
-    remote = ray.remote(num_cpus=1, max_retries=2)(fn)
-    window = window or max(2, int(ray.cluster_resources().get("CPU", 2)) * 2)
-    arg_refs = [ray.put(a) for a in args]
-    pending: list = []
-    for s in shards:
-        pending.append((s, remote.remote(s.to_dict(), *arg_refs)))
-        if len(pending) >= window:
-            s0, r0 = pending.pop(0)
-            yield s0, ray.get(r0)
-    for s0, r0 in pending:
-        yield s0, ray.get(r0)
+    shards = list(shards)
+    results = (mapper or in_process)(fn, [s.to_dict() for s in shards], *args, parallel=parallel)
+    yield from zip(shards, results)

@@ -256,16 +256,12 @@ class AnomalyScan(Workload):
         workers = ctx.workers()
         if len(parts) <= max(min_parts, 1):
             return aggregate_parts(parts, *args)
-        import ray
-
         from ..anomaly.lumi import LumiSums
         from ..anomaly.search import ScoreHistograms
 
-        task = ray.remote(num_cpus=1)(aggregate_parts)
-        groups = [parts[i::workers * 2] for i in range(workers * 2)]
-        refs = [task.remote(g, *args) for g in groups if g]
+        groups = [g for g in (parts[i::workers * 2] for i in range(workers * 2)) if g]
         sums, hists = LumiSums(len(args[3]), args[-1]), ScoreHistograms()  # results from Ray are read-only
-        for s, h in ray.get(refs):
+        for s, h in ctx.map_tasks(aggregate_parts, groups, *args, parallel=True):
             sums.merge(s)
             hists.merge(h)
         return sums, hists

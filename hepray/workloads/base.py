@@ -14,13 +14,17 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class PartData:
-    """What a processor returns for one shard: the columns to write and how many events it read.
+    """What a processor returns for one shard: the columns to write, how many events it read, and
+    an optional ``summary`` (numbers, arrays, histograms, or a dict of those: engine/summary.py)
+    that travels back with the part's record and is added over all shards on the driver
+    (``map_shards(...)["summary"]``), so a workload never re-reads its parts for totals.
 
     ``columns`` maps names to equal-length numpy or awkward arrays (jagged allowed in ROOT parts).
     """
 
     columns: dict[str, Any]
     n_in: int
+    summary: Any = None
 
 
 class ShardProcessor:

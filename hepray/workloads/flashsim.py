@@ -188,7 +188,8 @@ class TrainFlashSim(Workload):
         made = self._made(layout)
         validate_vs = [c for c in job.validation.efficiency_vs if c in layout["order"]]
         t0 = time.perf_counter()
-        cols = load_columns(plan, job.dataset, list(dict.fromkeys(self.columns() + made + validate_vs)))
+        cols = load_columns(plan, job.dataset, list(dict.fromkeys(self.columns() + made + validate_vs)),
+                            mapper=ctx.map_tasks)
         samples = cols.pop("__samples__")
         train, val, test = split_masks(cols[SPLIT], job.split)
         ctx.log(f"loaded {len(train)} jets in {time.perf_counter() - t0:.1f}s "
@@ -507,7 +508,7 @@ class FlashSim(Workload):
         pipe_cols = list(bundle.manifest["columns"])
         extra = list(v.efficiency_vs) + ([job.downstream.label] if job.downstream else []) + ["event"]
         want = list(dict.fromkeys(pipe_cols + [c for c in extra if c in layout["order"]]))
-        full = load_columns(plan, dataset, want)
+        full = load_columns(plan, dataset, want, mapper=ctx.map_tasks)
         samples = full.pop("__samples__")
         flash = _read_parts(ctx.run_dir / "parts", want)
         n = len(full[pipe_cols[0]])

@@ -347,9 +347,8 @@ class FPGA(Workload):
         y = np.concatenate(ys)[: sc.max_events] if ys else np.zeros(0, np.int64)
         labels = y if len(y) and (y >= 0).all() else None
         ctx.log(f"scan: {len(points)} precisions on {len(X)} events as Ray tasks")
-        ctx.workers()  # starts or joins Ray
         result = run_scan(art, art.standardise(X), labels, points, base_options=options,
-                          reuse_factors=sc.reuse_factors, fidelity_kw=fid_kw,
+                          reuse_factors=sc.reuse_factors, fidelity_kw=fid_kw, mapper=ctx.map_tasks,
                           tolerance=Tolerance(job.tolerance.min_agreement, job.tolerance.max_auc_drop), log=ctx.log)
         ctx.write_json("scan.json", result)
         (ctx.run_dir / "plots").mkdir(parents=True, exist_ok=True)

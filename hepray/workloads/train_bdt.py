@@ -92,7 +92,8 @@ def _fit(params, dtrain, dval, rounds, early):
     return booster
 
 
-def _bag_one(X, y, w, params, rounds, seed, X_test):
+def _bag_one(seed, X, y, w, params, rounds, X_test):
+    """One bootstrap member (a map_tasks task: the seed is its item)."""
     xgb = import_xgboost()
 
     rng = np.random.default_rng(seed)
@@ -290,21 +291,13 @@ class TrainBDT(Workload):
         return out
 
     def _bagging(self, ctx, booster, data: Data) -> dict:
-        import ray
-
-        from ..engine.runtime import ensure_ray
-
         job: TrainBDTConfig = self.job
-        ensure_ray(ctx.address)
         bag = job.bagging
         params = job.xgb_params(2, 1)
         tr, t = data.train, data.test
-        refs_in = [ray.put(a) for a in (data.X[tr], data.y[tr], data.w[tr])]
-        X_test = ray.put(data.X[t])
-        remote = ray.remote(num_cpus=1)(_bag_one)
-        refs = [remote.remote(*refs_in, params, booster.num_boosted_rounds(), job.seed + 1 + i, X_test)
-                for i in range(bag.models)]
-        scores = np.stack(ray.get(refs))  # (models, n_test)
+        seeds = [job.seed + 1 + i for i in range(bag.models)]
+        scores = np.stack(list(ctx.map_tasks(_bag_one, seeds, data.X[tr], data.y[tr], data.w[tr], params,
+                                             booster.num_boosted_rounds(), data.X[t], parallel=True)))  # (models, n_test)
         y = data.y[t]
         nominal = booster.inplace_predict(data.X[t])
         thr = float(np.quantile(nominal[y == 1], 1 - bag.working_point))

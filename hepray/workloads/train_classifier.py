@@ -297,7 +297,7 @@ class TrainClassifier(Workload):
         plan = ctx.plan(job.dataset, extra=self.columns())
         shards = list(plan)
         t0 = time.perf_counter()
-        stats = [r for _, r in map_shard_tasks(_shard_statistics, shards, ClassifierRows(job))]
+        stats = [r for _, r in map_shard_tasks(_shard_statistics, shards, ClassifierRows(job), mapper=ctx.map_tasks)]
         moments = merge_all(r["moments"] for r in stats)
         pre = moments.to_preprocessing()
         n_classes, task, factors = class_setup(job, stats)

@@ -116,7 +116,7 @@ def load_training_data(ctx, job: TrainJob, extra: list[str] = (), plan=None) -> 
         plan = ctx.plan(job.dataset)
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")
     columns = list(job.features) + [c for c in (job.label, job.weights.event) if c] + list(extra)
-    cols = load_columns(plan, job.dataset, columns)
+    cols = load_columns(plan, job.dataset, columns, mapper=ctx.map_tasks)
     shard_ids = [s.shard_id for s in plan]
     return Data(cols, job, keep=list(extra)), shard_ids
 

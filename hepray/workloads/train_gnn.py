@@ -217,7 +217,8 @@ class TrainGNN(Workload):
         shards = list(plan)
         t0 = time.perf_counter()
         rows = GNNRows(job, job.constituents_spec())
-        stats = [r for _, r in map_shard_tasks(_shard_statistics, shards, rows, job.preprocess.data_fraction, job.seed)]
+        stats = [r for _, r in map_shard_tasks(_shard_statistics, shards, rows, job.preprocess.data_fraction, job.seed,
+                                               mapper=ctx.map_tasks)]
         n_classes, task, factors = class_setup(job, stats)
         sample = concatenate((s, r.pop("sample")) for s, r in zip(shards, stats))
         constituents = rows.constituents.fit({k: sample[k] for k in rows.constituents.variables()}, job.seed)
@@ -244,7 +245,7 @@ class TrainGNN(Workload):
         from ..models.predict import ModelBundle
 
         bundle = ModelBundle.read(mdir)
-        scored = list(map_shard_tasks(_score_shard, shards, rows, bundle, job.score_batch))
+        scored = list(map_shard_tasks(_score_shard, shards, rows, bundle, job.score_batch, mapper=ctx.map_tasks))
         cols = concatenate(scored)
         score_names = [k for k in cols if k.startswith(SCORE)]
         data = Data(cols, job.model_copy(update={"features": score_names}))
