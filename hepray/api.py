@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+from . import config
 from .config import DatasetSpec, JobConfig, load_job
 from .data.planning import iter_plan
 from .data.reading import read_shard
@@ -15,6 +16,15 @@ from .engine.context import RunContext, run_dir_of
 from .engine.tasks import map_tasks
 from .io import rundir
 from .io.parts import write_json_atomic
+
+
+def _builtin_registry():
+    from .workloads import REGISTRY
+
+    return REGISTRY
+
+
+config.use_registry(_builtin_registry())  # config.py knows no workloads: it is given them here
 
 
 def _as_job(job, registry=None, overrides=None) -> JobConfig:

@@ -246,6 +246,15 @@ def validate(config_cls: type[JobConfig], data: dict, where: str = "") -> JobCon
     return cfg
 
 
+_registry = None  # the workload registry: given by hepray.api (config.py imports no workloads)
+
+
+def use_registry(registry) -> None:
+    """Set the registry :func:`load_job` uses when given none (hepray.api sets the built-in one)."""
+    global _registry
+    _registry = registry
+
+
 def load_job(source: str | os.PathLike | dict, registry=None, overrides: dict | None = None) -> JobConfig:
     """Read a job (YAML path or dict), pick its workload by ``kind:`` and validate it.
 
@@ -253,9 +262,9 @@ def load_job(source: str | os.PathLike | dict, registry=None, overrides: dict | 
     >>> job.kind
     'infer'
     """
-    from .workloads import REGISTRY
-
-    registry = registry or REGISTRY
+    registry = registry or _registry
+    if registry is None:
+        raise TypeError("load_job needs a workload registry (import hepray, or pass registry=)")
     where = ""
     if isinstance(source, dict):
         data = dict(source)

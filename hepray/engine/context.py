@@ -16,7 +16,7 @@ from ..io import rundir
 from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, write_json_atomic
 from . import executor, tasks
 from .summary import encode as encode_summary
-from .runtime import cluster_cpus, ensure_ray
+from .runtime import alive_nodes, cluster_cpus, ensure_ray, ray_initialized, ray_on_hand
 
 
 WHY_REDONE = {"stale": "made by a different job (fingerprint differs)", "torn": "with a missing or torn part",
@@ -66,12 +66,34 @@ class RunContext:
         write_json_atomic(path, obj)
         return path
 
-    # -- Ray ---------------------------------------------------------------------------------
+    # -- Ray: workloads ask here, never Ray itself ------------------------------------------
     def workers(self) -> int:
+        """Shard actors for map_shards: ``engine.workers`` or the cluster's CPUs / cpus_per_worker."""
         ensure_ray(self.address, keep_pool=True)
         if self._workers:
             return self._workers
         return max(1, int(cluster_cpus() / self.job.engine.cpus_per_worker))
+
+    def join(self) -> None:
+        """Start or join Ray now (a trainer about to ask for CPUs; frees parked shard actors)."""
+        ensure_ray(self.address)
+
+    def on_cluster(self) -> bool:
+        """Ray is on hand for this run (started in this process, or an address given): joining
+        costs little, while a local instance costs seconds, so small jobs start it only if needed."""
+        return ray_on_hand(self.address)
+
+    def cluster_cpus(self, join: bool = True) -> int:
+        """The cluster's CPUs (one count for every workload); ``join=False``: 1 without Ray."""
+        if join:
+            ensure_ray(self.address, keep_pool=True)
+        elif not ray_initialized():
+            return 1
+        return cluster_cpus()
+
+    def nodes(self) -> int:
+        """Alive Ray nodes (1 without Ray)."""
+        return alive_nodes() if ray_initialized() else 1
 
     def map_tasks(self, fn, items, *args, **kw):
         """``fn(item, *args)`` per item, in order, as a bounded fan-out (engine/tasks.py): on Ray

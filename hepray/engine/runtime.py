@@ -31,8 +31,7 @@ def ray_on_hand(address: str | None = None) -> bool:
     """A Ray instance to join is there (this process has one, or an address is given): joining
     costs little, while starting a local instance costs seconds, so small jobs start it only
     when they need it."""
-    ray = sys.modules.get("ray")  # not imported yet: not initialized either (the import costs ~0.6 s)
-    return (ray is not None and ray.is_initialized()) or bool(address or os.environ.get("RAY_ADDRESS"))
+    return ray_initialized() or bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 def local_cpus() -> int:
@@ -44,3 +43,22 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def ray_initialized() -> bool:
+    ray = sys.modules.get("ray")  # not imported: not initialized (and no import paid to find out)
+    return ray is not None and ray.is_initialized()
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return len([n for n in ray.nodes() if n.get("Alive")])
+
+
+def dask_on_ray(address: str | None = None):
+    """Dask's scheduler set to Ray's (``hepray.dask.on_ray``): the context manager Ray returns."""
+    ensure_ray(address)
+    from ray.util.dask import enable_dask_on_ray
+
+    return enable_dask_on_ray()

@@ -54,7 +54,7 @@ def run_training(ctx, setup: dict, *, mode: str, workers: int, keep_checkpoints:
         return model, res.to_dict()
     result = run_torch_trainer(ray_worker, setup, storage=ctx.run_dir / "ray_train", name=tag, num_workers=workers,
                                use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, resume=ctx.resume,
-                               keep_checkpoints=keep_checkpoints)
+                               keep_checkpoints=keep_checkpoints, address=ctx.address)
     with result.checkpoint.as_directory() as folder:
         weights, state = read_weights(folder, "best"), read_loop_state(folder)
     model = setup["build"](setup)

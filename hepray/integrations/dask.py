@@ -224,9 +224,6 @@ def on_ray(address: str | None = None):
     """Run Dask graphs on hepray's Ray cluster (Dask-on-Ray), so one cluster serves both:
     ``with hepray.dask.on_ray(): ddf.compute()``. Joins ``address``/``RAY_ADDRESS`` or starts a
     local instance, as ``hepray run`` does."""
-    from ..engine.runtime import ensure_ray
+    from ..engine.runtime import dask_on_ray
 
-    ensure_ray(address)
-    from ray.util.dask import enable_dask_on_ray
-
-    return enable_dask_on_ray()
+    return dask_on_ray(address)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ..engine.train import RayTrainCheckpoints  # noqa: F401 - Ray Train's store (engine/train.py), re-exported
+
 T = TypeVar("T")
 STATE, LOOP = "state.pt", "loop.json"
 
@@ -62,33 +64,6 @@ class DirectoryCheckpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-class RayTrainCheckpoints:
-    """Checkpoints reported to Ray Train (``ray.train.report``): rank 0 attaches the folder,
-    the other ranks report the metrics only (every rank must report, it is a barrier).
-    ``ray.train.get_checkpoint()`` gives the latest one back after a worker failure or when a
-    run with the same storage path and name is started again (``--resume``)."""
-
-    def restore(self, read: Callable[[Path], T]) -> T | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as folder:
-            return read(Path(folder))
-
-    def save(self, epoch: int, metrics: dict, write: Callable[[Path], None]) -> None:
-        import ray.train
-
-        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        if ray.train.get_context().get_world_rank() != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            write(Path(tmp))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def read_loop_state(folder: str | os.PathLike) -> dict[str, Any]:

@@ -139,9 +139,7 @@ def _compare(ctx, job, pipe_columns: list[str], target: str | None, full: dict, 
 
 
 def _threads(ctx) -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else 1
+    return ctx.cluster_cpus(join=False)
 
 
 # -- train_flashsim ------------------------------------------------------------------------------
@@ -174,14 +172,13 @@ class TrainFlashSim(Workload):
         return list(dict.fromkeys(cols))
 
     def run(self, ctx) -> dict:
-        from ..engine.runtime import ensure_ray
         from ..flashsim.pipeline import PipelineBundle, save_network, write_manifest
         from ..flashsim.training import train_efficiency, train_parameterization
 
         job: TrainFlashSimConfig = self.job
         p = job.pipeline
         _set_threads(job.threads)
-        ensure_ray(ctx.address)
+        ctx.join()
         plan = ctx.plan(job.dataset, extra=self.columns())
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")
         layout = file_layout(next(iter(plan)).file, job.dataset.tree)

@@ -112,11 +112,11 @@ class TrainBDT(Workload):
         plots.prefetch()  # the evaluation plots come last; their import overlaps reading and the fit
         xgb = import_xgboost()
 
-        from ..engine.runtime import ensure_ray, local_cpus, ray_on_hand
+        from ..engine.runtime import local_cpus
 
         job: TrainBDTConfig = self.job
-        if ray_on_hand(ctx.address):
-            ensure_ray(ctx.address)  # join it now; a local instance starts only if the job needs one
+        if ctx.on_cluster():
+            ctx.join()  # join it now; a local instance starts only if the job needs one
         extra = [job.bagging.variable] if job.bagging.variable else []
         plan = ctx.plan(job.dataset)
         mode = self._choose_mode(ctx, plan.events, len(job.features))
@@ -157,61 +157,27 @@ class TrainBDT(Workload):
 
     # -- paths --------------------------------------------------------------------------------
     def _choose_mode(self, ctx, events: int, n_features: int) -> str:
-        from ..engine.runtime import ensure_ray
-
         job = self.job
         mode = job.mode
         if mode == "auto":
             gb = events * (n_features + 4) * 4 / 1e9
             if gb <= job.max_in_memory_gb:
                 return "direct"
-            import ray  # only here: a small job never pays for the import
-
             # a cluster was joined at the start of the run when there is one
-            mode = "distributed" if ray.is_initialized() and len(ray.nodes()) > 1 else "external_memory"
+            mode = "distributed" if ctx.nodes() > 1 else "external_memory"
         if mode == "distributed":
-            ensure_ray(ctx.address)
+            ctx.join()
         return mode
 
     def _train_distributed(self, ctx, data: Data, params: dict):
-        """Ray Train XGBoostTrainer; each worker gets its part of the training rows."""
-        import ray
-        import ray.data
-        xgb = import_xgboost()
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+        """Ray Train XGBoostTrainer (engine/train.py); each worker gets its part of the training rows."""
+        from ..engine.train import fit_xgboost
 
         job: TrainBDTConfig = self.job
-        n = job.num_workers or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
-
-        def frame(mask):
-            import pyarrow as pa
-
-            d = {f"x{i}": data.X[mask, i] for i in range(data.X.shape[1])}
-            d.update(y=data.y[mask], w=data.w[mask])
-            return ray.data.from_arrow(pa.table(d))
-
-        n_feat = data.X.shape[1]
-        worker_params = {**params, "nthread": 1}
-
-        def train_fn(config):
-            shard = ray.train.get_dataset_shard("train").materialize().to_pandas()
-            val = ray.train.get_dataset_shard("validation").materialize().to_pandas()
-            cols = [f"x{i}" for i in range(n_feat)]
-            dtrain = xgb.DMatrix(shard[cols].to_numpy(), shard["y"].to_numpy(), weight=shard["w"].to_numpy())
-            dval = xgb.DMatrix(val[cols].to_numpy(), val["y"].to_numpy(), weight=val["w"].to_numpy())
-            xgb.train(config["params"], dtrain, config["rounds"], evals=[(dval, "validation")],
-                      early_stopping_rounds=config["early"], verbose_eval=False,
-                      callbacks=[RayTrainReportCallback(frequency=0, checkpoint_at_end=True)])
-
-        trainer = XGBoostTrainer(
-            train_fn, train_loop_config={"params": worker_params, "rounds": job.rounds, "early": job.early_stopping_rounds},
-            scaling_config=ScalingConfig(num_workers=n, resources_per_worker={"CPU": 1}),
-            datasets={"train": frame(data.train), "validation": frame(data.val)},
-            run_config=RunConfig(name="xgb", storage_path=str((ctx.run_dir / "ray_train").resolve())),
-        )
-        result = trainer.fit()
-        return RayTrainReportCallback.get_model(result.checkpoint)
+        n = job.num_workers or max(1, ctx.cluster_cpus() - 1)
+        rows = [(data.X[m], data.y[m], data.w[m]) for m in (data.train, data.val)]
+        return fit_xgboost(*rows, params, job.rounds, job.early_stopping_rounds, num_workers=n,
+                           storage=ctx.run_dir / "ray_train", address=ctx.address)
 
     def _train_external(self, ctx, plan):
         """One shard in memory at a time: xgboost builds quantiles and pages from the iterator."""

@@ -285,7 +285,6 @@ class TrainClassifier(Workload):
 
     def run(self, ctx) -> dict:
 
-        from ..engine.runtime import ensure_ray
         from ..training import choose_mode
         from ..training.standardize import map_shard_tasks, merge_all
 
@@ -293,7 +292,7 @@ class TrainClassifier(Workload):
         from ..report import plots
 
         plots.prefetch()  # the evaluation plots come last; their import overlaps the statistics pass and the fit
-        ensure_ray(ctx.address)
+        ctx.join()
         plan = ctx.plan(job.dataset, extra=self.columns())
         shards = list(plan)
         t0 = time.perf_counter()
@@ -306,7 +305,7 @@ class TrainClassifier(Workload):
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; statistics pass "
                 f"{time.perf_counter() - t0:.1f}s: train {n_train}, validation {sum(r['val'] for r in stats)}, "
                 f"test {sum(r['test'] for r in stats)}")
-        mode, workers = choose_mode(job, n_train)
+        mode, workers = choose_mode(job, n_train, ctx.cluster_cpus(), ctx.nodes())
         setup = {"job": job, "rows": rows, "shards": [_absolute(s) for s in shards], "groups": [s.sample for s in shards],
                  "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
                  "n_outputs": 1 if task == "binary" else n_classes,
@@ -402,7 +401,8 @@ class TrainClassifier(Workload):
             return model, res.to_dict()
         result = run_torch_trainer(_ray_worker, setup, storage=ctx.run_dir / "ray_train", name=tag,
                                    num_workers=workers, use_gpu=job.use_gpu, cpus_per_worker=job.engine.cpus_per_worker,
-                                   resume=ctx.resume, keep_checkpoints=job.training.keep_checkpoints)
+                                   resume=ctx.resume, keep_checkpoints=job.training.keep_checkpoints,
+                                   address=ctx.address)
         with result.checkpoint.as_directory() as folder:
             weights, state = read_weights(folder, "best"), read_loop_state(folder)
         model = build_networks(job, len(job.features), setup["n_outputs"])

@@ -205,14 +205,13 @@ class TrainGNN(Workload):
 
     def run(self, ctx) -> dict:
 
-        from ..engine.runtime import cluster_cpus, ensure_ray
         from ..gnn.training import run_training
         from ..training import choose_mode
         from ..training.diagnostics import plot_history
         from ..training.standardize import map_shard_tasks
 
         job: TrainGNNConfig = self.job
-        ensure_ray(ctx.address)
+        ctx.join()
         plan = ctx.plan(job.dataset, extra=self.columns())
         shards = list(plan)
         t0 = time.perf_counter()
@@ -227,7 +226,7 @@ class TrainGNN(Workload):
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; statistics pass "
                 f"{time.perf_counter() - t0:.1f}s: train {n_train}, validation {sum(r['val'] for r in stats)}, "
                 f"test {sum(r['test'] for r in stats)}; standardisation from {num_rows(sample)} jets")
-        mode, workers = choose_mode(job, n_train)
+        mode, workers = choose_mode(job, n_train, ctx.cluster_cpus(), ctx.nodes())
         setup = {"job": job, "rows": rows, "shards": [s.to_dict() for s in shards], "groups": [s.sample for s in shards],
                  "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
                  "n_outputs": 1 if task == "binary" else n_classes, "tag": "particlenet",
@@ -236,7 +235,7 @@ class TrainGNN(Workload):
         ctx.log(f"mode: {mode}" + (f" ({workers} Ray Train workers)" if mode == "ray_train" else ""))
         model, fit_info = run_training(ctx, setup, mode=mode, workers=workers,
                                        keep_checkpoints=job.training.keep_checkpoints,
-                                       threads=job.threads or cluster_cpus(), use_gpu=job.use_gpu,
+                                       threads=job.threads or ctx.cluster_cpus(), use_gpu=job.use_gpu,
                                        cpus_per_worker=job.engine.cpus_per_worker)
         mdir = ctx.run_dir / "model"
         meta = self._save(mdir, model, constituents, task, fit_info)

@@ -147,7 +147,6 @@ class TrainJetGraph(Workload):
                                   + ([job.order_by] if job.order_by else [])))
 
     def run(self, ctx) -> dict:
-        from ..engine.runtime import cluster_cpus, ensure_ray
         from ..gnn.training import run_training
         from ..report import plots
         from ..report.metrics import roc
@@ -155,7 +154,7 @@ class TrainJetGraph(Workload):
         from ..training.standardize import Moments
 
         job: TrainJetGraphConfig = self.job
-        ensure_ray(ctx.address)
+        ctx.join()
         plan = ctx.plan(job.dataset, extra=self.columns())
         data, shard_ids = load_training_data(ctx, job, extra=self.columns(), plan=plan)
         if set(np.unique(data.y)) - {0, 1}:
@@ -175,7 +174,7 @@ class TrainJetGraph(Workload):
         arrays = {p: {k: v[m] for k, v in graphs.items()} for p, m in split.items() if p != "test"}
         ctx.log(f"{n} jets in {len(slots)} events (max {job.max_jets} jets, {int((slots >= 0).sum(1).mean() * 100) / 100} "
                 f"on average); events: train {split['train'].sum()}, validation {split['val'].sum()}, test {split['test'].sum()}")
-        workers = job.num_workers or cluster_cpus()
+        workers = job.num_workers or ctx.cluster_cpus()
         mode = job.mode if job.mode != "auto" else "direct"  # small in-memory graphs: one process
         common = {"job": job, "arrays": arrays, "process": jetgraph_process, "build": build_jetgraph,
                   "threads": max(1, int(job.engine.cpus_per_worker))}
