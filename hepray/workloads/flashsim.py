@@ -328,8 +328,9 @@ class FlashSimProcessor(ShardProcessor):
     def process(self, shard) -> PartData:
         from ..data.reading import read_shard
 
+        t0 = time.perf_counter()
         cols, n_in = read_shard(shard, self.dataset, extra=self.pipeline.inputs() + self.keep)
-        return self.simulate(shard, cols, n_in)
+        return _timed(self.simulate(shard, cols, n_in), t0)
 
     def simulate(self, shard, cols: dict, n_in: int) -> PartData:
         from ..flashsim.pipeline import stream_seed
@@ -357,10 +358,18 @@ class OnTheFlyProcessor(FlashSimProcessor):
     def process(self, shard) -> PartData:
         from ..data.expressions import Expression
 
+        t0 = time.perf_counter()
         cols, n_events = generator_level(self.gen_job, shard)
         for name, text in self.pipeline.expressions.items():  # e.g. fault flags from `fault`
             cols[name] = np.asarray(Expression(text, field=f"expressions.{name}").evaluate(cols))
-        return self.simulate(shard, cols, n_events)
+        return _timed(self.simulate(shard, cols, n_events), t0)
+
+
+def _timed(part: PartData, t0: float) -> PartData:
+    """The part with its summary: worker seconds, jets, events (added over shards: throughput)."""
+    jets = len(next(iter(part.columns.values()))) if part.columns else 0
+    part.summary = {"worker_seconds": time.perf_counter() - t0, "jets": jets, "events": part.n_in}
+    return part
 
 
 GEN_IDENTITY = ("run", "luminosityBlock", "event", "jet_rank", "process", "label", "truth_dr", "fault")
@@ -451,7 +460,7 @@ class FlashSim(Workload):
         layout = file_layout(next(iter(plan)).file, dataset.tree)
         keep = self._keep(ctx, bundle, layout)
         summary = ctx.map_shards(plan, FlashSimProcessor(bundle, dataset, keep, job.seed, job.batch_size))
-        summary["generation"] = _throughput(ctx.run_dir / "parts")
+        summary["generation"] = _throughput(summary.pop("summary"))
         if summary["generation"]:
             ctx.log(f"flash simulation: {summary['generation']['jets_per_worker_s']:.0f} jets per worker-second")
         has_full = all(c in layout["order"] for c in pipe.columns)
@@ -478,7 +487,7 @@ class FlashSim(Workload):
         ctx.log(f"plan: {len(shards)} shards generated on the fly ({', '.join(p.name for p in gen_job.processes)}); "
                 f"pipeline {' -> '.join(s['name'] for s in _steps(bundle))}")
         summary = ctx.map_shards(shards, OnTheFlyProcessor(bundle, gen_job, keep, self.job.seed, self.job.batch_size))
-        summary["generation"] = _throughput(ctx.run_dir / "parts")
+        summary["generation"] = _throughput(summary.pop("summary"))
         return summary
 
     def _keep(self, ctx, bundle, layout: dict) -> list[str]:

@@ -8,8 +8,8 @@ Steps, each leaving its output in the run directory:
 2. conversion: the HLS project (firmware sources, Tcl, weights) -> ``firmware/``;
 3. bit-accurate emulation over the whole dataset through the engine: every actor compiles the
    shipped project once (g++), then scores its shards with the float model and the C
-   simulation -> ``parts/`` (``float_score*``, ``fpga_score*``, label, weight, event identity) and
-   per-shard timings -> ``emulation_timing/``;
+   simulation -> ``parts/`` (``float_score*``, ``fpga_score*``, label, weight, event identity); each
+   shard's timings come back as its summary (engine/summary.py), added up in ``fidelity.json``;
 4. fidelity: decision/argmax agreement, score differences, ROC and efficiency at the rate
    budget -> ``fidelity.json``, ``plots/roc.png``, ``plots/scores.png``;
 5. latency/resources: vendor HLS synthesis where on PATH, else the labelled estimate ->
@@ -174,10 +174,10 @@ class FPGAProcessor(ShardProcessor):
     """Per actor: unpack and compile the project once; per shard: float vs C simulation."""
 
     def __init__(self, job: FPGAConfig, project: bytes, art_path: str, art_meta: dict, art_raw: bytes,
-                 features: list[str], timing_dir: str):
+                 features: list[str]):
         self.job, self.project = job, project
         self.art_path, self.art_meta, self.art_raw = art_path, art_meta, art_raw
-        self.features, self.timing_dir = features, timing_dir
+        self.features = features
 
     def setup(self, num_cpus: int) -> None:
         from ..fpga.artifacts import Artifact
@@ -206,10 +206,9 @@ class FPGAProcessor(ShardProcessor):
         k = min(len(Z), job.per_event_benchmark)
         self.emu.predict_per_event(Z[:k])
         t3 = time.perf_counter()
-        timing = {"shard_id": shard.shard_id, "events": len(Z), "float_s": t1 - t0, "batched_s": t2 - t1,
-                  "per_event_events": k, "per_event_s": t3 - t2, "compile_s": self.emu.compile_s}
-        Path(self.timing_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.timing_dir) / f"{shard.shard_id}.json").write_text(json.dumps(timing))
+        # timings travel back with the part (added over shards on the driver): no side files
+        timing = {"events": len(Z), "float_s": t1 - t0, "batched_s": t2 - t1,
+                  "per_event_events": k, "per_event_s": t3 - t2, "compile_s": [round(self.emu.compile_s, 2)]}
         out = {c: cols[c] for c in identity_columns(cols, job.dataset) if c in cols}
         out["label"] = _labels(cols, job, shard, len(Z))
         out["weight"] = np.full(len(Z), shard.weight, dtype=np.float32)
@@ -217,7 +216,7 @@ class FPGAProcessor(ShardProcessor):
             out[name] = F[:, j].astype(np.float32)
         for j, name in enumerate(output_names(Q.shape[1], "fpga_score")):
             out[name] = Q[:, j].astype(np.float64)
-        return PartData(out, n_in)
+        return PartData(out, n_in, summary=timing)
 
 
 @register("fpga")
@@ -256,8 +255,7 @@ class FPGA(Workload):
         meta = project_meta(project)
         ctx.log(f"firmware: {meta['kind']} {options['precision']} -> {project}")
 
-        timing_dir = ctx.run_dir / "emulation_timing"
-        proc = FPGAProcessor(job, pack_project(project), art.path, art.meta, art.raw, list(features), str(timing_dir))
+        proc = FPGAProcessor(job, pack_project(project), art.path, art.meta, art.raw, list(features))
         mapped = ctx.map_shards(plan, proc)
 
         cols = self._read_parts(ctx, meta["n_outputs"])
@@ -266,7 +264,7 @@ class FPGA(Workload):
         Q = np.column_stack([cols[n] for n in output_names(meta["n_outputs"], "fpga_score")])
         report = fidelity.compare(F, Q, labels, weights=cols["weight"], **fid_kw)
         report["precision"] = options["precision"]
-        report["throughput"] = self._throughput(timing_dir, mapped)
+        report["throughput"] = self._throughput(mapped)
         report["passes_tolerance"] = fidelity.passes(report, job.tolerance.min_agreement, job.tolerance.max_auc_drop)
         ctx.write_json("fidelity.json", report)
         fidelity.plots(F, Q, labels, ctx.run_dir / "plots", multiclass=art.multiclass, signal_class=signal,
@@ -382,17 +380,14 @@ class FPGA(Workload):
         return out
 
     @staticmethod
-    def _throughput(timing_dir: Path, mapped: dict) -> dict:
-        recs = [json.loads(p.read_text()) for p in sorted(Path(timing_dir).glob("*.json"))]
-        ev = sum(r["events"] for r in recs)
-        batched = sum(r["batched_s"] for r in recs)
-        pe_ev = sum(r["per_event_events"] for r in recs)
-        pe = sum(r["per_event_s"] for r in recs)
+    def _throughput(mapped: dict) -> dict:
+        t = mapped["summary"] or {}
+        ev, batched, pe_ev, pe = (t.get(k, 0) for k in ("events", "batched_s", "per_event_events", "per_event_s"))
         return {
             "events": ev, "batched_events_per_s": ev / batched if batched > 0 else float("nan"),
             "per_event_events": pe_ev, "per_event_events_per_s": pe_ev / pe if pe > 0 else float("nan"),
-            "float_events_per_s": ev / max(sum(r["float_s"] for r in recs), 1e-9),
-            "compile_s_per_actor": sorted({round(r["compile_s"], 2) for r in recs}),
+            "float_events_per_s": ev / max(t.get("float_s", 0), 1e-9),
+            "compile_s_per_actor": sorted(set(t.get("compile_s", []))),
             "end_to_end_events_per_s": mapped["events_in"] / mapped["seconds"] if mapped.get("seconds") else float("nan"),
             "note": "per worker process, one CPU each; end-to-end includes reading, actor start and compiles",
         }

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+import time
 from pathlib import Path
 
 from ..data.shard import Shard
@@ -59,8 +59,11 @@ class GenerateProcessor(ShardProcessor):
         per = _jets_per_shard(job, proc)
         k = shard.entry_start // job.generator.events_stride
         task = ShardTask(proc, k, int(shard.seed), min(per, proc.n_jets - k * per), shard.entry_start)
+        t0 = time.perf_counter()
         cols, n_events, _ = produce(job, self.detector, task)
-        return PartData(cols, n_events)
+        jets = len(next(iter(cols.values()))) if cols else 0
+        return PartData(cols, n_events, summary={"worker_seconds": time.perf_counter() - t0, "jets": jets,
+                                                 "events": n_events})
 
 
 @register("generate")
@@ -87,7 +90,7 @@ class Generate(Workload):
         events = int(sum(p.n_jets * EVENTS_PER_JET[p.kind] for p in job.processes))
         summary = ctx.map_shards(shards, GenerateProcessor(job, det), total=(len(shards), events))
         parts_dir = Path(ctx.run_dir) / "parts"
-        summary["generation"] = _throughput(parts_dir)
+        summary["generation"] = _throughput(summary.pop("summary"))
         if job.plots:
             summary["physics"] = self.physics(ctx, parts_dir)
         return summary
@@ -110,14 +113,10 @@ class Generate(Workload):
         return phys
 
 
-def _throughput(parts_dir: Path) -> dict:
-    """Jets and events per worker-second, from the shards' commit records (time inside the actor)."""
-    seconds = jets = events = 0.0
-    for marker in (parts_dir / "_committed").glob("*.json"):
-        rec = json.loads(marker.read_text())
-        seconds += rec.get("seconds", 0.0)
-        jets += rec.get("n_out", 0)
-        events += rec.get("n_in", 0)
+def _throughput(totals: dict | None) -> dict:
+    """Jets and events per worker-second (time inside the actors), from the shards' summaries."""
+    totals = totals or {}
+    seconds, jets, events = (totals.get(k, 0) for k in ("worker_seconds", "jets", "events"))
     if not seconds:
         return {}
     return {"worker_seconds": round(seconds, 2), "jets_per_worker_s": round(jets / seconds, 2),
