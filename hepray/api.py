@@ -55,7 +55,10 @@ def run(job, *, resume: bool = False, overwrite: bool = False, workers: int | No
             rundir.clear(run_dir)
         ctx = RunContext(job, resume=resume, workers=workers, address=address, quiet=quiet)
         (ctx.run_dir / "job.yaml").write_text(_job_yaml(job))
-        summary = workload.run(ctx) or {}
+        try:
+            summary = workload.run(ctx) or {}
+        finally:  # what the workload wrote locally (models, plots, tables) goes up to a store
+            ctx.store.sync()
         summary = {"job": job.name, "kind": job.kind, "run_dir": str(ctx.run_dir), **summary}
         write_json_atomic(ctx.run_dir / "summary.json", summary)
     ctx.log(_one_line(summary))

@@ -39,12 +39,24 @@ def expand(patterns: str | list[str], resolve=lambda p: p, field: str = "dataset
     return out
 
 
+def _open_options(path: str) -> dict:
+    """uproot options per protocol: a timeout for local, HTTP and XRootD sources; fsspec's object
+    stores (s3://, gs://...) take their own client settings, and s3fs refuses ``timeout``."""
+    proto = path.split("://", 1)[0] if "://" in path else "file"
+    if proto in ("file", "http", "https", "root"):
+        return {"timeout": 60}
+    opts = {}
+    if proto in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):  # as StorePath does (io/parts.py)
+        opts["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    return opts
+
+
 def open_tree(path: str, tree: str):
     """Open ``path`` and return (file, tree-like object). Errors name the file and say what to do."""
     import uproot
 
     try:
-        f = uproot.open(path, timeout=60)
+        f = uproot.open(path, **_open_options(path))
     except FileNotFoundError:
         raise DataError(path, "file not found", hint="check `files:`, or set engine.on_error: skip") from None
     except Exception as exc:  # uproot raises many types for a damaged header

@@ -13,7 +13,8 @@ from ..data.planning import iter_plan
 from ..data.shard import Shard
 from ..errors import HeprayError, JobFailed
 from ..io import rundir
-from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer, write_json_atomic
+from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer
+from ..io.store import RunStore
 from . import executor, tasks
 from .summary import encode as encode_summary
 from .runtime import alive_nodes, cluster_cpus, ensure_ray, ray_initialized, ray_on_hand
@@ -51,6 +52,7 @@ class RunContext:
                  address: str | None = None, quiet: bool = False):
         self.job, self.resume, self.address, self.quiet = job, resume, address, quiet
         self.run_dir = run_dir_of(job)
+        self.store = RunStore(self.run_dir)  # every read/write under the run folder (io/store.py)
         rundir.create(self.run_dir, job)  # the marker that lets --overwrite delete it later
         self._workers = workers or job.engine.workers
         self.summaries: dict[str, dict] = {}
@@ -61,10 +63,7 @@ class RunContext:
             print(f"[hepray {self.job.name}] {msg}", file=sys.stderr, flush=True)
 
     def write_json(self, relpath: str, obj) -> AnyPath:
-        path = self.run_dir / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, obj)
-        return path
+        return self.store.write_json(relpath, obj)
 
     # -- Ray: workloads ask here, never Ray itself ------------------------------------------
     def workers(self) -> int:

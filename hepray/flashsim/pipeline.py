@@ -73,6 +73,15 @@ class PipelineBundle:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> PipelineBundle:
+        """A pipeline folder on a local disk or an object store (``s3://.../model``: downloaded)."""
+        from ..io.parts import StorePath, as_path
+        from ..io.store import local_copy
+
+        if isinstance(as_path(path), StorePath):
+            with local_copy(path) as local:
+                bundle = cls.read(local)
+            bundle.path = str(path)  # messages name the store's folder, not the download
+            return bundle
         root = Path(path)
         mpath = root / MANIFEST if root.is_dir() else root
         root = mpath.parent

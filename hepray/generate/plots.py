@@ -23,12 +23,15 @@ def read_parts(parts_dir: str | Path, branches: list[str] = BRANCHES) -> dict[st
     ``<sample>_<shard_id>.root``)."""
     import uproot
 
+    from ..io.parts import as_path
+    from ..io.store import local_copy
+
     per: dict[str, list[dict]] = {}
-    for path in sorted(Path(parts_dir).glob("*.root")):
+    for path in sorted(as_path(parts_dir).glob("*.root"), key=lambda p: p.name):  # a local folder or a store
         m = _PART.match(path.name)
         if not m:
             continue
-        with uproot.open(path) as f:
+        with local_copy(path) as local, uproot.open(local) as f:
             tree = f[next(k for k in f.keys(cycle=False) if f[k].classname == "TTree")]
             if tree.num_entries:
                 per.setdefault(m["sample"], []).append(tree.arrays(branches, library="np"))

@@ -42,7 +42,7 @@ def run_training(ctx, setup: dict, *, mode: str, workers: int, keep_checkpoints:
 
     tag = setup["tag"]
     if mode == "direct":
-        store = DirectoryCheckpoints(ctx.run_dir / "checkpoints" / tag, keep=keep_checkpoints)
+        store = DirectoryCheckpoints(ctx.store.local(f"checkpoints/{tag}"), keep=keep_checkpoints)
         if not ctx.resume:
             store.clear()
         before = torch.get_num_threads()
@@ -52,7 +52,7 @@ def run_training(ctx, setup: dict, *, mode: str, workers: int, keep_checkpoints:
         finally:
             torch.set_num_threads(before)
         return model, res.to_dict()
-    result = run_torch_trainer(ray_worker, setup, storage=ctx.run_dir / "ray_train", name=tag, num_workers=workers,
+    result = run_torch_trainer(ray_worker, setup, storage=ctx.store.path("ray_train"), name=tag, num_workers=workers,
                                use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, resume=ctx.resume,
                                keep_checkpoints=keep_checkpoints, address=ctx.address)
     with result.checkpoint.as_directory() as folder:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from ..io.parts import StorePath, as_path
 
 METADATA = "hepray_model.json"
 FORMAT_VERSION = 1
@@ -35,7 +36,10 @@ def save_metadata(model_dir: str | os.PathLike, meta: dict) -> Path:
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
-    """Metadata of a model folder (or of the folder holding a bare model file)."""
+    """Metadata of a model folder (or of the folder holding a bare model file); a folder on an
+    object store (``s3://.../model``) is read in place."""
+    if isinstance(as_path(path), StorePath):
+        return _load_metadata_store(as_path(path))
     p = Path(path)
     meta_path = p / METADATA if p.is_dir() else p.parent / METADATA
     if not p.exists():
@@ -53,8 +57,33 @@ def load_metadata(path: str | os.PathLike) -> dict:
     return meta
 
 
-def model_file(path: str | os.PathLike, meta: dict) -> Path:
+def _load_metadata_store(p: StorePath) -> dict:
+    meta_path = p / METADATA
+    try:
+        raw = meta_path.read_bytes()
+    except FileNotFoundError:
+        if p.name.endswith((".json", ".ubj")) and p.exists():
+            return {"type": "xgboost", "file": p.name, "bare": True}
+        raise ModelLoadError(str(p), f"missing {METADATA} (no such model folder, or not written by hepray)") from None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(str(meta_path), f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if meta.get("type") not in ("xgboost", "torch"):
+        raise ModelLoadError(str(meta_path), f"unknown model type {meta.get('type')!r}")
+    return meta
+
+
+def model_file(path: str | os.PathLike, meta: dict) -> Path | StorePath:
     """The model's weights file; the metadata's ``file`` must name one inside the model folder."""
+    if isinstance(as_path(path), StorePath):
+        p = as_path(path)
+        if meta.get("bare"):
+            return p
+        name = meta.get("file")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ModelLoadError(str(p / METADATA), "`file` must name the model's weights file inside the model folder")
+        return p / name
     p = Path(path)
     if not p.is_dir():
         return p
@@ -72,6 +101,7 @@ def read_model(path: str | os.PathLike) -> tuple[dict, Path, bytes]:
     """(metadata, model file, its bytes) of a model folder; the bytes ship to Ray workers."""
     meta = load_metadata(path)
     f = model_file(path, meta)
+    meta.pop("bare", None)  # a bare model file on a store: known from its name, not stored
     try:
         return meta, f, f.read_bytes()
     except OSError as exc:

@@ -32,6 +32,8 @@ from pydantic import Field
 from ..config import DatasetSpec, JobConfig, Spec
 from ..data.reading import ENTRY, feature_matrix, identity_columns, read_shard
 from ..errors import ConfigError
+from ..io.parts import as_path
+from ..io.store import local_copy
 from ..models.predict import ModelBundle
 from .base import PartData, ShardProcessor, Workload
 from .registry import register
@@ -101,20 +103,27 @@ class AnomalyProcessor(ShardProcessor):
         return PartData(out, n_in)
 
 
-def _part_columns(path: Path, fmt: str, tree: str) -> list[str]:
+def _part_columns(path, fmt: str, tree: str) -> list[str]:
     """Column names of a written part (none for an empty ROOT part, which has no tree)."""
-    if fmt == "root":
-        import uproot
+    with local_copy(path) as path:
+        if fmt == "root":
+            import uproot
 
-        with uproot.open(path) as f:
-            return list(f[tree].keys()) if tree in f else []
-    import pyarrow.parquet as pq
+            with uproot.open(path) as f:
+                return list(f[tree].keys()) if tree in f else []
+        import pyarrow.parquet as pq
 
-    return list(pq.read_schema(path).names)
+        return list(pq.read_schema(path).names)
 
 
-def _read_part(path: Path, fmt: str, tree: str, names: list[str]) -> dict | None:
-    """The columns ``names`` (those present) of one written part; None for an empty part."""
+def _read_part(path, fmt: str, tree: str, names: list[str]) -> dict | None:
+    """The columns ``names`` (those present) of one written part (local or on a store); None
+    for an empty part."""
+    with local_copy(path) as local:
+        return _read_local_part(local, fmt, tree, names)
+
+
+def _read_local_part(path: Path, fmt: str, tree: str, names: list[str]) -> dict | None:
     if fmt == "root":
         import uproot
 
@@ -141,7 +150,7 @@ def aggregate_parts(parts: list[dict], parts_dir: str, fmt: str, tree: str, feat
     run_col, lumi_col = id_cols
     names = [SCORE, PVALUE, run_col, lumi_col] + [err_column(f) for f in features] + ([truth] if truth else [])
     for p in parts:
-        cols = _read_part(Path(parts_dir) / p["part"], fmt, tree, names)
+        cols = _read_part(as_path(parts_dir) / p["part"], fmt, tree, names)
         if cols is None or not len(cols[SCORE]):
             continue
         hists.add(p.get("sample") or "data", cols[SCORE])
@@ -217,8 +226,8 @@ class AnomalyScan(Workload):
 
         job: AnomalyScanConfig = self.job
         ref = ReferenceTable.from_dict(bundle.meta["anomaly"]["reference"])
-        parts_dir = ctx.run_dir / "parts"
-        manifest = json.loads((parts_dir / "_manifest.json").read_text())
+        parts_dir = ctx.store.path("parts")
+        manifest = json.loads((parts_dir / "_manifest.json").read_bytes())
         parts = manifest["parts"]
         id_cols = self._id_columns(parts_dir, manifest)
         args = (str(parts_dir), manifest["format"], manifest["tree"], features, id_cols or ("", ""),
@@ -226,7 +235,7 @@ class AnomalyScan(Workload):
         sums, hists = self._sum_parts(ctx, parts, args)
         out: dict = {"model": job.model.path, "features": features, "events": int(sum(h.sum() for h in hists.counts.values())),
                      "reference_events": ref.n, "score_kind": bundle.meta["anomaly"].get("score", "recon")}
-        pdir = ctx.run_dir / "plots"
+        pdir = ctx.store.local("plots")
         if job.lumi.enabled and id_cols is None:
             ctx.log("no run/lumisection columns found: lumisection scan skipped (set dataset.event_id)")
         elif job.lumi.enabled:
@@ -274,7 +283,7 @@ class AnomalyScan(Workload):
         table = lumi_table(sums, ref, features, statistic=ls.statistic, false_alarm=ls.false_alarm,
                            event_quantile=ls.event_quantile, min_events=ls.min_events, top_features=ls.top_features,
                            n_boot=ls.bootstrap, seed=job.seed)
-        _write_lumi_tables(ctx.run_dir, table, job.truth)
+        _write_lumi_tables(ctx.store.local(), table, job.truth)
         ctx.write_json("good_lumis.json", good_lumi_ranges(table["run"], table["lumi"], ~table["flagged"]))
         out = {"lumisections": int(len(table["n"])), "judged": int(table["judged"].sum()),
                "flagged": int(table["flagged"].sum()), "statistic": ls.statistic, "false_alarm": ls.false_alarm,

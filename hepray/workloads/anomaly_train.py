@@ -231,7 +231,7 @@ class TrainAnomaly(Workload):
                               "raise split.validation/test or give more data")
         ref = ReferenceTable.from_scores(np.concatenate(scores), np.concatenate(errors))
 
-        mdir = ctx.run_dir / "model"
+        mdir = ctx.store.local("model")
         mdir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
@@ -251,7 +251,7 @@ class TrainAnomaly(Workload):
         })
         hist = ScoreHistograms()
         hist.add("reference (histogram)", np.concatenate(scores))
-        loss_curve(history, ctx.run_dir / "plots" / "loss.png")
-        score_distributions(ref, hist.counts, ctx.run_dir / "plots" / "reference_scores.png")
+        loss_curve(history, ctx.store.local("plots") / "loss.png")
+        score_distributions(ref, hist.counts, ctx.store.local("plots") / "reference_scores.png")
         ctx.write_json("metrics.json", {**result, "history": history})
         return {"events_in": plan.events, **result, "model": str(mdir)}

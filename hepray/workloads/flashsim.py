@@ -191,7 +191,7 @@ class TrainFlashSim(Workload):
         train, val, test = split_masks(cols[SPLIT], job.split)
         ctx.log(f"loaded {len(train)} jets in {time.perf_counter() - t0:.1f}s "
                 f"(train {train.sum()}, validation {val.sum()}, test {test.sum()})")
-        mdir = ctx.run_dir / "model"
+        mdir = ctx.store.local("model")
         eff_conditions, steps = self.steps()
         result: dict = {"jets": len(train), "jets_train": int(train.sum()), "jets_validation": int(val.sum()),
                         "jets_test": int(test.sum()), "parameterizations": {}}
@@ -233,7 +233,7 @@ class TrainFlashSim(Workload):
 
                 flash = bundle.load().generate(test_cols, stream_seed(job.seed, "validation"))
                 target = p.efficiency.target if p.efficiency else None
-                result["validation"] = _compare(ctx, job, made, target, test_cols, flash, ctx.run_dir / "plots")
+                result["validation"] = _compare(ctx, job, made, target, test_cols, flash, ctx.store.local("plots"))
         result["seconds"] = round(time.perf_counter() - t0, 2)
         ctx.write_json("metrics.json", result)
         summary = {"events_in": plan.events, "model": str(mdir)}
@@ -516,7 +516,7 @@ class FlashSim(Workload):
         want = list(dict.fromkeys(pipe_cols + [c for c in extra if c in layout["order"]]))
         full = load_columns(plan, dataset, want, mapper=ctx.map_tasks)
         samples = full.pop("__samples__")
-        flash = _read_parts(ctx.run_dir / "parts", want)
+        flash = _read_parts(ctx.store.path("parts"), want)
         n = len(full[pipe_cols[0]])
         if len(flash[pipe_cols[0]]) != n or ("event" in flash and not np.array_equal(flash["event"], full["event"])):
             ctx.log("no validation: the parts do not line up with the input (skipped shards?)")
@@ -535,7 +535,7 @@ class FlashSim(Workload):
         full = {k: np.asarray(full[k])[keep] for k in want}
         flash = {k: np.asarray(flash[k])[keep] for k in want}
         target = bundle.manifest["efficiency"]["target"] if bundle.manifest.get("efficiency") else None
-        out_dir = ctx.run_dir / "validation"
+        out_dir = ctx.store.local("validation")
         result = {"validation": _compare(ctx, job, pipe_cols, target, full, flash, out_dir)}
         if job.downstream:
             result["downstream"] = self._downstream(ctx, full, flash, target, out_dir)
@@ -567,16 +567,18 @@ def _steps(bundle) -> list[dict]:
     return manifest_steps(bundle.manifest)
 
 
-def _read_parts(parts_dir: Path, columns: list[str]) -> dict:
+def _read_parts(parts_dir, columns: list[str]) -> dict:
     """Columns of the committed parts, in plan order (the manifest's shard index)."""
     import json
 
     import uproot
 
-    manifest = json.loads((Path(parts_dir) / "_manifest.json").read_text())
+    from ..io.store import local_copy
+
+    manifest = json.loads((parts_dir / "_manifest.json").read_bytes())
     chunks: dict[str, list] = {}
     for part in sorted(manifest["parts"], key=lambda r: r["index"]):
-        with uproot.open(Path(parts_dir) / part["part"]) as f:
+        with local_copy(parts_dir / part["part"]) as path, uproot.open(path) as f:
             t = f[manifest["tree"]]
             arrays = t.arrays([c for c in columns if c in t.keys()], library="np")
         for k, v in arrays.items():

@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from ..io.store import local_copy
 from ..config import DatasetSpec, JobConfig, Spec
 from ..data.reading import feature_matrix, identity_columns, read_shard
 from ..errors import ConfigError
@@ -267,7 +268,7 @@ class FPGA(Workload):
         report["throughput"] = self._throughput(mapped)
         report["passes_tolerance"] = fidelity.passes(report, job.tolerance.min_agreement, job.tolerance.max_auc_drop)
         ctx.write_json("fidelity.json", report)
-        fidelity.plots(F, Q, labels, ctx.run_dir / "plots", multiclass=art.multiclass, signal_class=signal,
+        fidelity.plots(F, Q, labels, ctx.store.local("plots"), multiclass=art.multiclass, signal_class=signal,
                        title=f"{meta['kind']} {options['precision']}", report=report)
         resources = latency_and_resources(project, meta, job.synth)
         ctx.write_json("resources.json", resources)
@@ -310,7 +311,7 @@ class FPGA(Workload):
         return dataclasses.asdict(BDTOptions(**job.bdt.model_dump()))
 
     def _convert(self, ctx, art, options: dict) -> Path:
-        out = ctx.run_dir / "firmware"
+        out = ctx.store.local("firmware")
         if out.exists():
             shutil.rmtree(out)
         if art.type == "torch":
@@ -349,30 +350,30 @@ class FPGA(Workload):
                           reuse_factors=sc.reuse_factors, fidelity_kw=fid_kw, mapper=ctx.map_tasks,
                           tolerance=Tolerance(job.tolerance.min_agreement, job.tolerance.max_auc_drop), log=ctx.log)
         ctx.write_json("scan.json", result)
-        (ctx.run_dir / "plots").mkdir(parents=True, exist_ok=True)
-        plot_scan(result, ctx.run_dir / "plots" / "scan.png")
+        (ctx.store.local("plots")).mkdir(parents=True, exist_ok=True)
+        plot_scan(result, ctx.store.local("plots") / "scan.png")
         ctx.log(f"scan: chose {result['chosen']} (narrower failing: {', '.join(result['failed_narrower']) or 'none'})")
         return result["chosen"]
 
     def _read_parts(self, ctx, n_outputs: int) -> dict:
         """The score columns of every part, back on the driver (a few numbers per event)."""
-        manifest = json.loads((ctx.run_dir / "parts" / "_manifest.json").read_text())
+        manifest = json.loads((ctx.store.path("parts") / "_manifest.json").read_text())
         names = ["label", "weight"] + output_names(n_outputs, "float_score") + output_names(n_outputs, "fpga_score")
         chunks: dict[str, list] = {n: [] for n in names}
         for part in manifest["parts"]:
-            path = ctx.run_dir / "parts" / part["part"]
-            if manifest["format"] == "root":
-                import uproot
+            with local_copy(ctx.store.path("parts") / part["part"]) as path:  # a local part, or a store's
+                if manifest["format"] == "root":
+                    import uproot
 
-                with uproot.open(path) as f:
-                    if manifest["tree"] not in f:
-                        continue  # an empty part (no events after the split)
-                    arrays = f[manifest["tree"]].arrays(names, library="np")
-            else:
-                import awkward as ak
+                    with uproot.open(path) as f:
+                        if manifest["tree"] not in f:
+                            continue  # an empty part (no events after the split)
+                        arrays = f[manifest["tree"]].arrays(names, library="np")
+                else:
+                    import awkward as ak
 
-                arr = ak.from_parquet(path, columns=names)
-                arrays = {n: ak.to_numpy(arr[n]) for n in names}
+                    arr = ak.from_parquet(path, columns=names)
+                    arrays = {n: ak.to_numpy(arr[n]) for n in names}
             for n in names:
                 chunks[n].append(np.asarray(arrays[n]))
         out = {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in chunks.items()}

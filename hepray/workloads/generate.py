@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 from ..data.shard import Shard
 from ..generate.config import GenerateConfig, ProcessSpec
@@ -89,20 +88,20 @@ class Generate(Workload):
         # progress counts generated events: estimate them from the measured events per jet
         events = int(sum(p.n_jets * EVENTS_PER_JET[p.kind] for p in job.processes))
         summary = ctx.map_shards(shards, GenerateProcessor(job, det), total=(len(shards), events))
-        parts_dir = Path(ctx.run_dir) / "parts"
+        parts_dir = ctx.store.path("parts")
         summary["generation"] = _throughput(summary.pop("summary"))
         if job.plots:
             summary["physics"] = self.physics(ctx, parts_dir)
         return summary
 
-    def physics(self, ctx, parts_dir: Path) -> dict:
+    def physics(self, ctx, parts_dir) -> dict:
         """Sanity numbers and plots (``<run_dir>/plots``) from the written parts."""
         from ..generate.plots import make_plots, read_parts, summarize
 
         samples = read_parts(parts_dir)
         pt_range = (self.job.jets.pt_min, self.job.jets.pt_max)
         phys = summarize(samples, pt_range)
-        paths = make_plots(samples, Path(ctx.run_dir) / "plots", pt_range, phys)
+        paths = make_plots(samples, ctx.store.local("plots"), pt_range, phys)
         ctx.write_json("plots/physics.json", phys)
         for name, s in phys["samples"].items():
             ctx.log(f"{name}: {s['jets']} jets, mass peak gen {s['mass_peak_gen']:.0f} / reco "

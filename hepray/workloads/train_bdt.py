@@ -177,7 +177,7 @@ class TrainBDT(Workload):
         n = job.num_workers or max(1, ctx.cluster_cpus() - 1)
         rows = [(data.X[m], data.y[m], data.w[m]) for m in (data.train, data.val)]
         return fit_xgboost(*rows, params, job.rounds, job.early_stopping_rounds, num_workers=n,
-                           storage=ctx.run_dir / "ray_train", address=ctx.address)
+                           storage=ctx.store.path("ray_train"), address=ctx.address)
 
     def _train_external(self, ctx, plan):
         """One shard in memory at a time: xgboost builds quantiles and pages from the iterator."""
@@ -192,7 +192,7 @@ class TrainBDT(Workload):
         class ShardIter(xgb.DataIter):
             def __init__(self, part: str):
                 self.part, self.i = part, 0
-                super().__init__(cache_prefix=str(ctx.run_dir / f"xgb_cache_{part}"))
+                super().__init__(cache_prefix=str(ctx.store.scratch() / f"xgb_cache_{part}"))
 
             def next(self, input_data):
                 if self.i == len(shards):
@@ -236,9 +236,9 @@ class TrainBDT(Workload):
         k = 1 if data.n_classes <= 2 else data.n_classes  # binary: one score column
         S = np.full((len(data.y), k), np.nan, dtype=np.float32)
         S[rows] = booster.inplace_predict(data.X[rows]).reshape(int(rows.sum()), -1)
-        pdir = ctx.run_dir / "plots"
+        pdir = ctx.store.local("plots")
         t = data.test
-        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.run_dir / TEST_SCORES)
+        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.store.local(TEST_SCORES))
         gain = booster.get_score(importance_type="total_gain")
         out["importance_gain"] = {f: float(gain.get(f"f{i}", 0.0)) for i, f in enumerate(job.features)}
         plots.bar_ranking(out["importance_gain"], pdir / "importance_gain.png", "feature importance", "total gain")
@@ -278,7 +278,7 @@ class TrainBDT(Workload):
                              for b in range(len(centers))] for s in scores])
             mean, std = np.nanmean(eff, 0), np.nanstd(eff, 0)
             out[name] = {"mean": mean.tolist(), "std": std.tolist()}
-            plots.band(centers, mean, mean - std, mean + std, ctx.run_dir / "plots" / f"bagging_{name}.png",
+            plots.band(centers, mean, mean - std, mean + std, ctx.store.local("plots") / f"bagging_{name}.png",
                        bag.variable or "score", name.replace("_", " "),
                        f"{bag.models} bootstrap BDTs at the nominal {bag.working_point:.0%} WP",
                        band_label="±1σ over bootstrap models")
@@ -286,7 +286,7 @@ class TrainBDT(Workload):
 
     def _save(self, ctx, booster, data: Data, classes, result, shard_ids):
         job: TrainBDTConfig = self.job
-        mdir = ctx.run_dir / "model"
+        mdir = ctx.store.local("model")
         mdir.mkdir(parents=True, exist_ok=True)
         fname = f"model.{job.model_format}"
         booster.save_model(mdir / fname)

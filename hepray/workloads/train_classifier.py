@@ -340,8 +340,8 @@ class TrainClassifier(Workload):
         scored = data.test | train | (data.val if job.adversarial else False)
         S = np.full((len(data.y), setup["n_outputs"]), np.nan, dtype=np.float32)
         S[scored] = evaluator.scores(data.X[scored])
-        pdir = ctx.run_dir / "plots"
-        result = score_report(S, data, classes, pdir, "DNN", train=train, scores_path=ctx.run_dir / TEST_SCORES)
+        pdir = ctx.store.local("plots")
+        result = score_report(S, data, classes, pdir, "DNN", train=train, scores_path=ctx.store.local(TEST_SCORES))
         result.update(task=task, training={"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info})
         diagnostics.plot_history(fit_info["history"], pdir / "training.png")
         timed("evaluate")
@@ -357,7 +357,7 @@ class TrainClassifier(Workload):
             result["systematics"] = {"auc": result["auc"], **self._systematic_report(
                 ctx, setup, mode, workers, evaluator, data, S, pdir)}
             timed("systematics")
-        mdir = ctx.run_dir / "model"
+        mdir = ctx.store.local("model")
         if job.export.torchscript or job.export.onnx:
             result["export"] = diagnostics.export(evaluator, data.X[data.test][: job.export.check_events], mdir,
                                                   job.export.torchscript, job.export.onnx)
@@ -389,7 +389,7 @@ class TrainClassifier(Workload):
 
         job: TrainClassifierConfig = self.job
         if mode == "direct":
-            store = DirectoryCheckpoints(ctx.run_dir / "checkpoints" / tag, keep=job.training.keep_checkpoints)
+            store = DirectoryCheckpoints(ctx.store.local(f"checkpoints/{tag}"), keep=job.training.keep_checkpoints)
             if not ctx.resume:
                 store.clear()
             threads = torch.get_num_threads()
@@ -399,7 +399,7 @@ class TrainClassifier(Workload):
             finally:
                 torch.set_num_threads(threads)
             return model, res.to_dict()
-        result = run_torch_trainer(_ray_worker, setup, storage=ctx.run_dir / "ray_train", name=tag,
+        result = run_torch_trainer(_ray_worker, setup, storage=ctx.store.path("ray_train"), name=tag,
                                    num_workers=workers, use_gpu=job.use_gpu, cpus_per_worker=job.engine.cpus_per_worker,
                                    resume=ctx.resume, keep_checkpoints=job.training.keep_checkpoints,
                                    address=ctx.address)
@@ -417,7 +417,7 @@ class TrainClassifier(Workload):
 
         job: TrainClassifierConfig = self.job
         adv = job.adversarial
-        pdir = ctx.run_dir / "plots"
+        pdir = ctx.store.local("plots")
         out = {"alpha": adv.alpha, "mode": adv.mode, "domains": list(adv.domains),
                **diagnostics.adnn_metrics(evaluator, data, S, adv.domains, job.seed, adv.probe_epochs),
                "adversary_accuracy": _at_best(fit_info, "train_adversary_accuracy")}

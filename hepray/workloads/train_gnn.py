@@ -237,7 +237,7 @@ class TrainGNN(Workload):
                                        keep_checkpoints=job.training.keep_checkpoints,
                                        threads=job.threads or ctx.cluster_cpus(), use_gpu=job.use_gpu,
                                        cpus_per_worker=job.engine.cpus_per_worker)
-        mdir = ctx.run_dir / "model"
+        mdir = ctx.store.local("model")
         meta = self._save(mdir, model, constituents, task, fit_info)
 
         # evaluation through the saved artifact, shard by shard in Ray tasks
@@ -249,8 +249,8 @@ class TrainGNN(Workload):
         score_names = [k for k in cols if k.startswith(SCORE)]
         data = Data(cols, job.model_copy(update={"features": score_names}))
         classes = class_names(job, data)
-        pdir = ctx.run_dir / "plots"
-        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.run_dir / TEST_SCORES)
+        pdir = ctx.store.local("plots")
+        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.store.local(TEST_SCORES))
         result["training"] = {"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info}
         result.update(task=task, network=model.arch, parameters=int(sum(p.numel() for p in model.parameters())))
         plot_history(fit_info["history"], pdir / "training.png")

@@ -202,14 +202,14 @@ class TrainJetGraph(Workload):
         result["graph_minus_map"] = {k: cmp["graph"][k] - cmp["map"][k] for k in ("log_loss", "brier", "auc")}
         if "per_jet" in cmp:
             result["graph_minus_per_jet"] = {k: cmp["graph"][k] - cmp["per_jet"][k] for k in ("log_loss", "brier", "auc")}
-        pdir = ctx.run_dir / "plots"
+        pdir = ctx.store.local("plots")
         curves = {}
         for k, p in probs.items():
             tpr, fpr, _ = roc(y, p[test], w)
             curves[f"{k} (AUC {cmp[k]['auc']:.3f}, log-loss {cmp[k]['log_loss']:.3f})"] = (tpr, fpr)
         plots.roc_curves(curves, pdir / "roc.png", f"per-jet {job.label}: graph vs per-jet vs (pT, η) map")
         plot_history(fits["graph"]["history"], pdir / "training.png")
-        self._save(ctx.run_dir / "model", models["graph"], pre, result)
+        self._save(ctx.store.local("model"), models["graph"], pre, result)
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, "model": str(ctx.run_dir / "model"),
                 **{f"{k}_log_loss": v["log_loss"] for k, v in cmp.items()},
