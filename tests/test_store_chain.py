@@ -56,24 +56,39 @@ def test_demo_chain_with_every_path_on_s3(ray_session, s3, monkeypatch):
 
 def _chain(s3):
     fs, url = s3["fs"], f"s3://{s3['bucket']}/demo"
-    gen = _job("generate", url, **{"generator.jets_per_shard": 40, "jets.max_constituents": 40,
-                                   "engine.progress_every_s": 60},
-               processes=[{"name": "ttbar", "kind": "ttbar", "n_jets": 80}, {"name": "qcd", "kind": "qcd", "n_jets": 80}])
+    procs = [{"name": n, "kind": n, "n_jets": 60} for n in ("ttbar", "qcd", "wqq")] + [
+        {"name": "xqq", "kind": "xqq", "n_jets": 60, "mass": 150}]
+    gen = _job("generate", url, processes=procs, **{"generator.jets_per_shard": 60, "jets.max_constituents": 40,
+                                                    "engine.progress_every_s": 60})
     g = hepray.run(gen, quiet=True)
-    assert g["shards"] == 4 and g["shards_failed"] == 0 and g["events_out"] == 160
+    assert g["shards"] == 4 and g["shards_failed"] == 0 and g["events_out"] == 240
     assert g["generation"]["jets_per_worker_s"] > 0  # from the shards' summaries
     b = hepray.run(_job("train_bdt", url, rounds=20, **{"bagging.models": 2, "bagging.bins": 2}), quiet=True)
     assert b["mode"] == "direct" and b["model"] == f"{url}/train_bdt/model" and b["auc"] > 0.6
     i = hepray.run(_job("infer_bdt", url, **{"engine.workers": 2}), quiet=True)
-    assert i["events_in"] == i["events_out"] == 160
+    assert i["events_in"] == i["events_out"] == 240
+
+    c = hepray.run(_job("train_classifier", url, **{"training.epochs": 2}), quiet=True)
+    assert c["model"] == f"{url}/train_classifier/model"
+    a = hepray.run(_job("train_anomaly", url, **{"training.epochs": 2}), quiet=True)
+    s = hepray.run(_job("anomaly_scan", url, **{"engine.workers": 2}), quiet=True)
+    assert s["events_in"] == s["events_out"] == 180 and s["lumisections"] > 0
+    t = hepray.run(_job("train_flashsim", url, **{"training.epochs": 2}), quiet=True)
+    fl = hepray.run(_job("flashsim", url, **{"engine.workers": 2}), quiet=True)
+    assert fl["events_in"] == fl["events_out"] == 240 and fl["generation"]["jets_per_worker_s"] > 0
+    f = hepray.run(_job("fpga_bdt", url, **{"scan.enabled": False, "engine.workers": 1}), quiet=True)
+    assert f["shards_ok"] == f["shards"] and f["decision_agreement"] > 0.5 and f["batched_events_per_s"] > 0
 
     key = url.removeprefix("s3://")
     for f in ("generate/summary.json", "generate/plots/physics.json", "generate/plots/jet_mass.png",
               "train_bdt/model/hepray_model.json", "train_bdt/model/model.json", "train_bdt/metrics.json",
               "train_bdt/plots/roc.png", "train_bdt/plots/bagging_signal_efficiency.png",
-              "infer_bdt/parts/_manifest.json", "infer_bdt/summary.json"):
+              "infer_bdt/parts/_manifest.json", "infer_bdt/summary.json",
+              "train_classifier/model/hepray_model.json", "train_anomaly/model/hepray_model.json",
+              "anomaly_scan/lumis.csv", "anomaly_scan/scan.json", "train_flashsim/model",
+              "flashsim/parts/_manifest.json", "fpga_bdt/fidelity.json", "fpga_bdt/resources.json", "fpga_bdt/firmware", "fpga_bdt/plots/roc.png"):
         assert fs.exists(f"{key}/{f}"), f
     manifest = json.loads(fs.cat(f"{key}/infer_bdt/parts/_manifest.json"))
     scores = np.concatenate([uproot.open(io.BytesIO(fs.cat(f"{key}/infer_bdt/parts/{p['part']}")))["hepray"]
                              ["score_top"].array(library="np") for p in manifest["parts"]])
-    assert len(scores) == 160 and np.all((scores >= 0) & (scores <= 1))
+    assert len(scores) == 240 and np.all((scores >= 0) & (scores <= 1))

@@ -254,4 +254,4 @@ class TrainAnomaly(Workload):
         loss_curve(history, ctx.store.local("plots") / "loss.png")
         score_distributions(ref, hist.counts, ctx.store.local("plots") / "reference_scores.png")
         ctx.write_json("metrics.json", {**result, "history": history})
-        return {"events_in": plan.events, **result, "model": str(mdir)}
+        return {"events_in": plan.events, **result, "model": str(ctx.store.path("model"))}

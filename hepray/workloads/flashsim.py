@@ -236,7 +236,7 @@ class TrainFlashSim(Workload):
                 result["validation"] = _compare(ctx, job, made, target, test_cols, flash, ctx.store.local("plots"))
         result["seconds"] = round(time.perf_counter() - t0, 2)
         ctx.write_json("metrics.json", result)
-        summary = {"events_in": plan.events, "model": str(mdir)}
+        summary = {"events_in": plan.events, "model": str(ctx.store.path("model"))}
         if "validation" in result:
             summary["two_sample_auc"] = result["validation"]["two_sample_test"]["auc"]
         if result.get("efficiency_test"):

@@ -366,7 +366,7 @@ class TrainClassifier(Workload):
         self._save(mdir, clf, pre, task, classes, result, data.fingerprint(shard_ids), data.samples)
         ctx.write_json("metrics.json", result)
         ctx.log("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
-        summary = {"events_in": plan.events, "mode": mode, "model": str(mdir),
+        summary = {"events_in": plan.events, "mode": mode, "model": str(ctx.store.path("model")),
                    **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
                    "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"]}
         if job.adversarial:

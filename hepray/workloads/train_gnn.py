@@ -260,7 +260,7 @@ class TrainGNN(Workload):
         meta["samples"] = data.samples
         save_metadata(mdir, meta)
         ctx.write_json("metrics.json", result)
-        return {"events_in": plan.events, "mode": mode, "model": str(mdir),
+        return {"events_in": plan.events, "mode": mode, "model": str(ctx.store.path("model")),
                 **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
                 "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"]}
 
