@@ -64,6 +64,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .io.verify import verify_run
+
+    n, problems = verify_run(args.run_dir)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"hepray: {len(problems)} problems among {n} parts in {args.run_dir}", file=sys.stderr)
+        return 1
+    print(f"{n} parts good in {args.run_dir}")
+    return 0
+
+
 def cmd_kinds(args) -> int:
     from .workloads import REGISTRY
 
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--steps", nargs="*", help="only these steps")
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("verify", help="check every part of a run against its commit marker and the manifest")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("kinds", help="list the workload kinds")
     p.set_defaults(fn=cmd_kinds)
     return ap

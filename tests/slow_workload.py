@@ -57,3 +57,25 @@ if __name__ == "__main__":
 
     job = json.loads(Path(sys.argv[1]).read_text())
     hepray.run(job, registry=REGISTRY, resume="--resume" in sys.argv, quiet=True)
+
+
+class FlakyCommit:
+    """A processor whose first attempt at each shard hands write_part columns of unequal length,
+    so that attempt's commit fails (and writes no marker); later attempts are good."""
+
+    def __init__(self, flags: str):
+        self.flags = flags
+
+    def setup(self, num_cpus):
+        pass
+
+    def process(self, shard):
+        import numpy as np
+
+        from hepray.workloads.base import PartData
+
+        flag = Path(self.flags) / shard.shard_id
+        first = not flag.exists()
+        flag.touch()
+        n = shard.num_entries
+        return PartData({"a": np.arange(n, dtype=np.float32), "b": np.zeros(n - 1 if first else n)}, n)

@@ -142,3 +142,89 @@ def test_lock_on_an_object_store_is_a_conditional_create(s3, monkeypatch):
                     pass
         with rundir.locked(hepray.io.parts.as_path(url)):  # released: free again
             pass
+
+
+# -- durable and checkable commits -----------------------------------------------------------
+
+def test_verify_finds_every_bad_part_and_a_corrupt_marker(ray_session, toy, tmp_path):
+    run = tmp_path / "run"
+    hepray.run(infer_job(toy, run), quiet=True)
+    r = _cli("verify", str(run))
+    assert r.returncode == 0 and r.stdout.strip() == f"8 parts good in {run}", r.stdout + r.stderr
+    parts = run / "parts"
+    man = json.loads((parts / "_manifest.json").read_text())["parts"]
+    flipped, truncated, gone, bad_marker = (parts / p["part"] for p in man[:4])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the checksum sees it
+    flipped.write_bytes(bytes(data))
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    gone.unlink()
+    marker = parts / "_committed" / f"{man[3]['shard_id']}.json"
+    marker.write_bytes(b"\xff\xfe\x00garbage")  # not UTF-8: a UnicodeDecodeError before
+    (parts / "stray_0.root").write_bytes(b"x")
+    r = _cli("verify", str(run))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert sorted(lines) == sorted([
+        f"{flipped}: checksum differs from the commit marker (the file changed or is corrupt)",
+        f"{truncated}: {truncated.stat().st_size} bytes, the commit marker says {man[1]['bytes_written']}",
+        f"{gone}: missing",
+        f"{marker}: corrupt commit marker (not JSON)",
+        f"{parts / 'stray_0.root'}: not in the manifest",
+    ]), lines
+    assert r.stderr.strip() == f"hepray: 5 problems among 8 parts in {run}"
+    # the markers hold size and checksum; the manifest repeats them
+    rec = json.loads((parts / "_committed" / f"{man[4]['shard_id']}.json").read_text())
+    assert rec["bytes_written"] == man[4]["bytes_written"] > 0 and len(rec["sha256"]) == 64 == len(man[4]["sha256"])
+
+
+def test_verify_of_a_folder_that_is_no_run(tmp_path):
+    r = _cli("verify", str(tmp_path))
+    assert r.returncode == 1 and r.stdout.strip() == f"{tmp_path}: no parts folder with a _manifest.json (not a hepray run folder?)"
+
+
+def test_part_and_its_folder_are_fsynced_around_the_rename(tmp_path, monkeypatch):
+    import numpy as np
+
+    from hepray.data.shard import Shard
+    from hepray.io import parts as P
+
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(a, b):
+        synced.append(f"rename -> {Path(b).name}")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    shard = Shard(file="f.root", tree="Events", entry_start=0, entry_stop=3, file_id="x", sample="s")
+    rec = P.write_part(tmp_path, shard, {"a": np.arange(3.0)}, fmt="parquet", tree="t", compression="zstd",
+                       result={"n_in": 3})
+    part, d = str(tmp_path / rec["part"]), str(tmp_path)
+    i = synced.index(f"rename -> {rec['part']}")
+    assert Path(synced[i - 1]).name.startswith(f".{rec['part']}.") and synced[i + 1] == d  # bytes, rename, folder
+    assert synced[-2].startswith(str(tmp_path / "_committed")) and synced[-1] == str(tmp_path / "_committed")
+    assert rec["sha256"] == P.sha256_file(part) and rec["bytes_written"] == os.path.getsize(part)
+
+
+def test_a_commit_that_fails_is_a_retried_attempt_not_a_driver_crash(ray_session, toy, tmp_path):
+    from hepray.engine.executor import map_shards
+    from hepray.io.parts import committed
+
+    from .slow_workload import FlakyCommit
+
+    (tmp_path / "flags").mkdir()
+    (tmp_path / "flags2").mkdir()
+    shards = hepray.plan(infer_job(toy, tmp_path / "x"))["shards"][:3]
+    s = map_shards(shards, FlakyCommit(str(tmp_path / "flags")), tmp_path / "parts", fmt="root", tree="t",
+                   compression="zstd", workers=2, max_retries=1)
+    assert s["shards_ok"] == 3 and s["events_out"] == 15_000
+    assert all(committed(tmp_path / "parts", sh.shard_id) for sh in shards)
+    s = map_shards(shards, FlakyCommit(str(tmp_path / "flags2")), tmp_path / "parts2", fmt="root", tree="t",
+                   compression="zstd", workers=2, max_retries=0)
+    assert s["shards_ok"] == 0 and all(r["error"].startswith("commit failed: ") for r in s["results"]), [r["error"] for r in s["results"]]
+    assert not list((tmp_path / "parts2" / "_committed").glob("*"))
