@@ -69,7 +69,7 @@ class ShardWorker:
             part = self.processor.process(shard)
             cols = part.columns
             n_out = len(next(iter(cols.values()))) if cols else 0
-            result = {**base, "status": "ok", "n_in": part.n_in, "n_out": n_out,
+            result = {**base, **getattr(part, "stats", {}), "status": "ok", "n_in": part.n_in, "n_out": n_out,
                       "seconds": round(time.perf_counter() - t0, 4)}
         except HeprayError as exc:  # data problems: retrying would fail the same way
             return {**base, "status": "failed", "error": exc.message, "n_out": 0}

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 class PartData:
     """What a processor returns for one shard: the columns to write and how many events it read.
 
-    ``columns`` maps names to equal-length numpy or awkward arrays (jagged allowed in ROOT parts).
+    ``columns`` maps names to equal-length numpy or awkward arrays (jagged allowed in ROOT parts);
+    ``stats``, e.g. ``{"nonfinite": {...}}``, is recorded with the shard's commit and manifest entry.
     """
 
     columns: dict[str, Any]
     n_in: int
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # into the shard's manifest entry
 
 
 class ShardProcessor:
