@@ -1,6 +1,7 @@
 """``hepray`` command line: a thin layer over :mod:`hepray.api`.
 
-Exit codes: 0 done, 1 the job ran and failed (data, model, shards), 2 the job file is invalid.
+Exit codes: 0 done, 1 the job ran and failed (data, model, shards), 2 the job file is invalid or
+its data cannot be used as it asks (found before anything runs).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 import yaml
 
-from .errors import ConfigError, HeprayError
+from .errors import ConfigError, HeprayError, InputError
 from .extras import LEAN_XGBOOST
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(LEAN_XGBOOST, "1")
     try:
         return args.fn(args)
-    except ConfigError as exc:
+    except (ConfigError, InputError) as exc:
         print(f"hepray: error: {exc.message}", file=sys.stderr)
         return 2
     except HeprayError as exc:

@@ -69,6 +69,12 @@ class DataError(HeprayError):
         return (type(self), (self.file, self.problem, self.shard, self.hint))
 
 
+class InputError(DataError):
+    """Data the job cannot use as it asks, found while planning, before any shard runs (a branch
+    whose type changes between files, a jagged branch fed as a flat feature, no events at all):
+    like an invalid job file, exit 2 and nothing written."""
+
+
 class BranchNotFound(DataError, KeyError):
     def __init__(self, file: str, branch: str, available: list[str] | tuple = (), shard: str | None = None):
         self.branch, self.available = branch, list(available)

@@ -21,18 +21,22 @@ def expand(patterns: str | list[str], resolve=lambda p: p, field: str = "dataset
     out: list[str] = []
     for pat in patterns:
         pat = resolve(pat)
+        # a name that exists as written is that file, even with glob characters: `run[1].root`
+        # must not become the pattern that matches `run1.root`
         if is_url(pat):
             if any(ch in pat for ch in "*?["):
-                import fsspec
+                from fsspec.core import url_to_fs
 
-                fs, _, paths = fsspec.get_fs_token_paths(pat)
+                fs, path = url_to_fs(pat)
                 proto = pat.split("://")[0]
-                found = sorted(f"{proto}://{p}" if "://" not in p else p for p in fs.glob(pat))
+                found = [pat] if fs.exists(path) else sorted(f"{proto}://{p}" if "://" not in p else p
+                                                                 for p in fs.glob(pat))
             else:
                 found = [pat]
         else:
-            pat = pat.removeprefix("file://")
-            found = sorted(glob.glob(os.path.expanduser(pat))) if any(ch in pat for ch in "*?[") else [pat]
+            pat = os.path.expanduser(pat.removeprefix("file://"))
+            literal = not any(ch in pat for ch in "*?[") or os.path.exists(pat)
+            found = [pat] if literal else sorted(glob.glob(pat))
         if not found:
             raise ConfigError("", field, f"pattern {pat!r} matched no files")
         out.extend(f for f in found if f not in out)

@@ -100,15 +100,17 @@ class RunContext:
         return tasks.map_tasks(fn, items, *args, address=self.address, **kw)
 
     # -- planning ----------------------------------------------------------------------------
-    def plan(self, dataset: DatasetSpec, name: str = "plan", extra: list[str] | tuple = ()) -> Plan:
-        """Plan ``dataset`` into ``<run_dir>/<name>.jsonl`` (shards aligned to clusters)."""
+    def plan(self, dataset: DatasetSpec, name: str = "plan", extra: list[str] | tuple = (),
+             flat: list[str] | tuple = ()) -> Plan:
+        """Plan ``dataset`` into ``<run_dir>/<name>.jsonl`` (shards aligned to clusters); ``flat``:
+        columns that must hold one value per event (a model's features)."""
         path = self.run_dir / f"{name}.jsonl"
         shards = events = nbytes = 0
         files: set[str] = set()
         skipped: list[dict] = []
         with atomic_writer(path) as f:
-            for s in iter_plan(dataset, self.job.resolve, self.job.engine.on_error, extra=extra,
-                                   mapper=self.map_tasks):
+            for s in iter_plan(dataset, self.job.resolve, self.job.engine.on_error, extra=extra, flat=flat,
+                               mapper=self.map_tasks):
                 if isinstance(s, dict):
                     skipped.append(s)
                     self.log(f"skipped {s['skipped']}: {s['error']}")

@@ -70,7 +70,7 @@ class ShardWorker:
             part = self.processor.process(shard)
             cols = part.columns
             n_out = len(next(iter(cols.values()))) if cols else 0
-            result = {**base, "status": "ok", "n_in": part.n_in, "n_out": n_out,
+            result = {**base, **getattr(part, "stats", {}), "status": "ok", "n_in": part.n_in, "n_out": n_out,
                       "seconds": round(time.perf_counter() - t0, 4)}
             if getattr(part, "summary", None) is not None:  # kept in the marker: a resumed run adds it too
                 result["summary"] = summaries.encode(part.summary)

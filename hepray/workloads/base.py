@@ -19,12 +19,14 @@ class PartData:
     that travels back with the part's record and is added over all shards on the driver
     (``map_shards(...)["summary"]``), so a workload never re-reads its parts for totals.
 
-    ``columns`` maps names to equal-length numpy or awkward arrays (jagged allowed in ROOT parts).
+    ``columns`` maps names to equal-length numpy or awkward arrays (jagged allowed in ROOT parts);
+    ``stats``, e.g. ``{"nonfinite": {...}}``, is recorded with the shard's commit and manifest entry.
     """
 
     columns: dict[str, Any]
     n_in: int
     summary: Any = None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # into the shard's manifest entry
 
 
 class ShardProcessor:
