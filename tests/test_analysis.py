@@ -299,6 +299,9 @@ def test_shipped_jobs_dimuon_spectrum_and_nanoaod_bdt_run_end_to_end(ray_session
     events = uproot.open(NANO)["Events"]["event"].array(library="np")
     assert i["events_out"] == 200 and np.array_equal(ak.to_numpy(out.event), events)
     assert {"score", "n_jets", "ht", "jet_pt_0", "dr_jj"} <= set(out.fields) and np.all(np.isfinite(out.score))
+    # events with < 2 good jets have no dr_jj: scored (xgboost's missing value) and counted, not refused
+    missing = int(np.sum(~np.isfinite(ak.to_numpy(out.dr_jj))))
+    assert missing > 0 and man["parts"][0]["nonfinite"]["dr_jj"] == missing
 
 
 def test_a_define_named_like_a_field_does_not_join_the_collection():

@@ -47,7 +47,7 @@ class InferProcessor(ShardProcessor):
         out = {k: cols[k] for k in identity_columns(cols, self.dataset) + self.keep}
         for j, name in enumerate(self.bundle.output_names(self.output, S.shape[1])):
             out[name] = S[:, j]
-        return PartData(out, n_in, {"nonfinite": nonfinite} if nonfinite else {})
+        return PartData(out, n_in, stats={"nonfinite": nonfinite} if nonfinite else {})
 
     def _nonfinite(self, X: np.ndarray, cols: dict, shard) -> dict[str, int]:
         """NaN or inf per feature: the shard fails naming the first (engine.on_nonfinite: fail), or
