@@ -25,6 +25,7 @@ class PartData:
 
     columns: dict[str, Any]
     n_in: int
+    _: dataclasses.KW_ONLY  # summary and stats by name: a dict passed by position went to the wrong one
     summary: Any = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # into the shard's manifest entry
 
