@@ -65,8 +65,13 @@ class SlowInfer(Infer):
 if __name__ == "__main__":
     import hepray
 
+    from hepray.errors import HeprayError
+
     job = json.loads(Path(sys.argv[1]).read_text())
-    hepray.run(job, registry=REGISTRY, resume="--resume" in sys.argv, quiet=True)
+    try:
+        hepray.run(job, registry=REGISTRY, resume="--resume" in sys.argv, quiet=True)
+    except HeprayError as exc:  # as the CLI ends
+        sys.exit(f"hepray: error: {exc.message}")
 
 
 class FlakyCommit:
