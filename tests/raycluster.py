@@ -56,6 +56,24 @@ def http_status(url: str, headers: dict | None = None) -> int:
         return exc.code
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc's parent links), deepest last."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
 def pids_mentioning(text: str) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -98,8 +116,9 @@ class Node:
         self.url = f"http://127.0.0.1:{self.dash}"
 
     def kill(self) -> None:
-        """The node dies as a lost machine would: SIGKILL to its whole process tree, no drain."""
-        for pid in [self.proc.pid, *pids_mentioning(self.tmp)]:
+        """The node dies as a lost machine would: SIGKILL to its whole process tree at once (its
+        raylet, agents and worker processes, whose titles no longer name the temp dir), no drain."""
+        for pid in [self.proc.pid, *descendants(self.proc.pid), *pids_mentioning(self.tmp)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
