@@ -147,22 +147,21 @@ class RunContext:
         if summary["shards_redone"]:
             why = ", ".join(f"{n} {WHY_REDONE[k]}" for k, n in summary["redone"].items())
             self.log(f"resume: {summary['shards_redone']} committed parts redone ({why})")
-        failed = [r for r in summary["results"] if r["status"] != "ok"]
+        failed, ledger = summary["failed"], summary.pop("ledger")
         skipped_files = shards.skipped if isinstance(shards, Plan) else []
         manifest = {
             "job": self.job.name, "kind": self.job.kind, "format": out.format, "tree": tree or out.tree,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **{k: v for k, v in summary.items() if k not in ("results", "summary")},
+            **{k: v for k, v in summary.items() if k not in ("failed", "summary")},
             "shards_failed": len(failed),
-            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out",
-                                              "bytes_written", "sha256", "nonfinite")}
-                      for r in summary["results"] if r["status"] == "ok"],
             "failed": [{k: r.get(k) for k in ("shard_id", "source", "error")} for r in failed],
             "skipped_files": skipped_files,
         }
         if summary["summary"] is not None:  # encoded: the manifest stays JSON
             manifest["summary"] = encode_summary(summary["summary"])
-        self.write_json(f"{name}/_manifest.json", manifest)
+        # the parts' entries stream from the ledger (on disk) into the file, in plan order
+        self.store.write_json(f"{name}/_manifest.json", manifest, stream=("parts", ledger.parts()))
+        ledger.close()
         summary = {**{k: v for k, v in manifest.items() if k != "parts"}, "summary": summary["summary"]}
         self.summaries[name] = summary
         if failed and self.job.engine.on_error == "fail":

@@ -23,6 +23,7 @@ from ..extras import LEAN_XGBOOST
 from ..io.parts import as_path, fingerprint, marker_state, part_fingerprint, remove_uncommitted, write_part
 from . import pool
 from . import summary as summaries
+from .ledger import Ledger
 from .progress import Progress
 
 KEEP_OPEN = 2  # trees an actor keeps open for its next shards (a NanoAOD tree costs ~0.3 s to open)
@@ -95,7 +96,8 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                resume: bool | str = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
                label: str = "run", keep_warm_s: float = 0.0, shard_timeout_s: float | None = None,
                restart_timeout_s: float = 180.0) -> dict:
-    """Run ``processor`` over ``shards`` on ``workers`` actors; return counters and per-shard results.
+    """Run ``processor`` over ``shards`` on ``workers`` actors; return counters, the failed shards'
+    records and the ledger of committed ones (engine.ledger: on disk, streamed into the manifest).
 
     ``total`` = (shards, events) for the progress line and ETA. Results of committed shards are
     read from their markers, so the returned list is complete on --resume too; a committed part
@@ -129,7 +131,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
     pending: dict = {}  # task ref -> (slot, shard)
     backlog: deque[Shard] = deque()  # shards to run again (their actor was lost), before new ones
     tries: dict[str, int] = {}  # shard id -> attempts lost to timeouts, failed commits, lost actors
-    results: list[dict] = []
+    ledger = Ledger()  # finished shards: no per-shard record stays in the driver's memory
     total_summary = [None]  # the processors' per-shard summaries, added as they arrive (engine.summary)
     redone: dict[str, int] = {}  # why committed parts were not kept on --resume
     lost = [0]  # actors lost (process or node died, or replaced after a shard timeout)
@@ -192,7 +194,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
 
     def record(res: dict) -> None:
         add_summary(res)
-        results.append(res)
+        ledger.add(res)
         prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
 
     def step() -> None:
@@ -216,7 +218,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             if not any(sl.ready for sl in slots) and (now - none_since[0] >= restart_timeout_s or not starting):
                 raise HeprayError(
                     f"no worker left: {lost[0]} lost (a node died?) and none could start again within "
-                    f"engine.restart_timeout_s={restart_timeout_s:g} s; {len(results)} shards are done and "
+                    f"engine.restart_timeout_s={restart_timeout_s:g} s; {ledger.ok} shards are done and "
                     "their parts are kept: rerun with --resume when the cluster has CPUs again")
             for sl in [x for x in slots if shard_timeout_s and x.queue and now - x.head_since > shard_timeout_s]:
                 replace(sl, f"ran longer than engine.shard_timeout_s={shard_timeout_s:g} s",
@@ -273,7 +275,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                 if state == "ok":
                     rec = {**rec, "resumed": True}
                     add_summary(rec)
-                    results.append(rec)
+                    ledger.add(rec)
                     prog.skipped += rec.get("n_in", 0)
                     prog.shards += 1
                     continue
@@ -297,23 +299,22 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
     finally:
         if not parked:  # interrupted: work may still be in flight on them
             pool.kill([sl.actor for sl in slots if sl.actor is not None])
-    ok = [r for r in results if r["status"] == "ok"]
     # exactly the manifest's parts stay: a loser's, a dead attempt's or an older job's files go
-    remove_uncommitted(parts_dir, {r["part"] for r in ok}, {r["shard_id"] for r in ok})
+    remove_uncommitted(parts_dir, *ledger.kept())
     prog.print(final=True)
-    results.sort(key=lambda r: r.get("index", 0))
     return {
-        "shards": len(results),
-        "shards_ok": len(ok),
-        "shards_resumed": sum(bool(r.get("resumed")) for r in results),
+        "shards": ledger.shards,
+        "shards_ok": ledger.ok,
+        "shards_resumed": ledger.resumed,
         "shards_redone": sum(redone.values()),
         "redone": redone,
         "workers_lost": lost[0],
-        "events_in": sum(r.get("n_in", 0) for r in ok),
-        "events_out": sum(r.get("n_out", 0) for r in ok),
+        "events_in": ledger.events_in,
+        "events_out": ledger.events_out,
         "seconds": round(time.monotonic() - prog.t0, 3),
         "summary": total_summary[0],
-        "results": results,
+        "failed": sorted(ledger.failed, key=lambda r: r.get("index", 0)),
+        "ledger": ledger,
     }
 
 
