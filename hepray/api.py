@@ -55,8 +55,11 @@ def run(job, *, resume: bool = False, overwrite: bool = False, workers: int | No
             rundir.clear(run_dir)
         ctx = RunContext(job, resume=resume, workers=workers, address=address, quiet=quiet)
         (ctx.run_dir / "job.yaml").write_text(_job_yaml(job))
+        from .report.plots import styled
+
         try:
-            summary = workload.run(ctx) or {}
+            with styled(job.report):  # every plot of the run in the job's style and label
+                summary = workload.run(ctx) or {}
         finally:  # what the workload wrote locally (models, plots, tables) goes up to a store
             ctx.store.sync()
         summary = {"job": job.name, "kind": job.kind, "run_dir": str(ctx.run_dir), **summary}
