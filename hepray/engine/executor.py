@@ -232,6 +232,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         parked = True
     finally:
         if not parked:  # interrupted: work may still be in flight on them
+            prog.close()
             pool.kill(actors)
     ok = [r for r in results if r["status"] == "ok"]
     # exactly the manifest's parts stay: a loser's, a dead attempt's or an older job's files go

@@ -25,39 +25,67 @@ def _model(spec: dict):
     return pyhf, ws, ws.model()
 
 
-def fit(spec: dict, observed: bool = False, scan_points: int = 21) -> dict:
+def fit(spec: dict, observed: bool = False, scan_points: int = 16, rtol: float = 1e-4) -> dict:
+    """Expected (and with ``observed`` observed) results of the workspace ``spec``; see the
+    module doc. The limits are roots of CLs(mu) = 0.05 found by Brent's method to ``rtol``; the
+    ±1σ/±2σ band is read off a scan of ``scan_points`` values of mu (also kept for the plot)."""
+    from scipy.optimize import brentq
     from scipy.stats import norm
 
     pyhf, ws, model = _model(spec)
     poi = model.config.poi_index
+    hi_bound = float(model.config.suggested_bounds()[poi][1])
     pars = np.asarray(model.config.suggested_init(), dtype=float)
     pars[poi] = 1.0
     asimov_sb = model.expected_data(pars)
     p0 = float(pyhf.infer.hypotest(0.0, asimov_sb, model, test_stat="q0"))
     pars[poi] = 0.0
     asimov_b = model.expected_data(pars)
-    _, exp = pyhf.infer.intervals.upper_limits.upper_limit(asimov_b, model, level=0.05)
-    exp = [float(x) for x in np.ravel(exp)]
+    median = _limit(pyhf, brentq, asimov_b, model, hi_bound, rtol)  # observed on b-only Asimov = median expected
+    mus = np.linspace(0.0, min(3.0 * median, hi_bound), scan_points + 1)[1:]
+    cls = [pyhf.infer.hypotest(float(m), asimov_b, model, return_expected_set=True) for m in mus]
+    exp = np.array([[float(x) for x in np.ravel(c[1])] for c in cls])  # columns -2, -1, 0, +1, +2 sigma
+    band = [_crossing(mus, exp[:, j]) for j in range(5)]
+    band[2] = median
     out = {
         "p0_expected": p0,
         "significance_expected": float(norm.isf(p0)),
-        "mu_up_expected": exp[2],
-        "mu_up_band": {"-2sigma": exp[0], "-1sigma": exp[1], "median": exp[2], "+1sigma": exp[3], "+2sigma": exp[4]},
+        "mu_up_expected": median,
+        "mu_up_band": dict(zip(("-2sigma", "-1sigma", "median", "+1sigma", "+2sigma"), band)),
         "parameters": len(model.config.suggested_init()),
         "bins": int(model.config.nmaindata),
+        "scan": {"mu": mus.tolist(), "cls_obs": [float(c[0]) for c in cls], "cls_exp": exp.tolist()},
     }
-    hi = max(2.0 * exp[4], 1e-3)
-    mus = np.linspace(0.0, hi, scan_points)[1:]
-    cls = [pyhf.infer.hypotest(float(m), asimov_b, model, return_expected_set=True) for m in mus]
-    out["scan"] = {"mu": mus.tolist(), "cls_obs": [float(c[0]) for c in cls],
-                   "cls_exp": [[float(x) for x in np.ravel(c[1])] for c in cls]}
     if observed:
         data = ws.data(model)
-        obs, _ = pyhf.infer.intervals.upper_limits.upper_limit(data, model, level=0.05)
         p0_obs = float(pyhf.infer.hypotest(0.0, data, model, test_stat="q0"))
-        out.update({"mu_up_observed": float(obs), "p0_observed": p0_obs,
+        out.update({"mu_up_observed": _limit(pyhf, brentq, data, model, hi_bound, rtol), "p0_observed": p0_obs,
                     "significance_observed": float(norm.isf(p0_obs))})
     return out
+
+
+def _limit(pyhf, brentq, data, model, hi_bound: float, rtol: float) -> float:
+    """The mu where CLs = 0.05 (bracketed by doubling from mu = 1 up to the POI's bound)."""
+    def f(mu):
+        return float(pyhf.infer.hypotest(float(mu), data, model)) - 0.05
+
+    lo, hi = 0.0, min(1.0, hi_bound)
+    while f(hi) > 0:
+        if hi >= hi_bound:
+            raise ValueError(f"the 95% CL limit on mu is above the POI's upper bound {hi_bound:g}: raise fit.poi_max")
+        lo, hi = hi, min(2 * hi, hi_bound)
+    return float(brentq(f, lo, hi, rtol=rtol, xtol=1e-9))
+
+
+def _crossing(mu: np.ndarray, cls: np.ndarray, level: float = 0.05) -> float:
+    """Where a scanned CLs curve falls through ``level`` (log-linear between the scan points);
+    NaN if the scan does not reach it."""
+    below = np.nonzero(cls < level)[0]
+    if not len(below) or below[0] == 0:
+        return float("nan") if not len(below) else float(mu[0])
+    i = below[0]
+    y0, y1 = np.log(max(cls[i - 1], 1e-300)), np.log(max(cls[i], 1e-300))
+    return float(mu[i - 1] + (np.log(level) - y0) / (y1 - y0) * (mu[i] - mu[i - 1]))
 
 
 def cls_plot(scan: dict, path, title: str = "", report=None):

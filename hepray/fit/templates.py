@@ -127,6 +127,35 @@ def template_table(hists: Mapping[str, Any], categories: list[str], systematics:
     return out
 
 
+def merge_low_background(table: dict, edges: np.ndarray, background: list[str], min_background: float = 0.0
+                         ) -> tuple[dict, np.ndarray]:
+    """Merge neighbouring bins, from the high end of the axis down, until every bin holds more
+    than ``min_background`` expected background events (nominal, summed over the background
+    processes) in every category: a bin with no background is infinite significance in the
+    asymptotic formulae and breaks the fit. Contents and sumw2 of every template add exactly;
+    the same merged edges serve every category (one binning, as the fit tools expect)."""
+    nb = len(edges) - 1
+    bkg = np.array([sum(tab[p][0] for p in background if p in tab) for tab in table.values()])  # (categories, bins)
+    groups, cur = [], []
+    for i in range(nb - 1, -1, -1):
+        cur.append(i)
+        if np.all(bkg[:, cur].sum(axis=1) > min_background):
+            groups.append(cur)
+            cur = []
+    if cur:  # what is left at the low end joins the last group made (or all bins are one)
+        if groups:
+            groups[-1] += cur
+        else:
+            groups.append(cur)
+    groups = [sorted(g) for g in reversed(groups)]
+    if len(groups) == nb:
+        return table, edges
+    new_edges = np.array([edges[g[0]] for g in groups] + [edges[-1]])
+    merged = {cat: {name: (np.array([v[g].sum() for g in groups]), np.array([var[g].sum() for g in groups]))
+                    for name, (v, var) in tab.items()} for cat, tab in table.items()}
+    return merged, new_edges
+
+
 def write_root(path, table: dict, edges: np.ndarray, variable: str) -> None:
     """``templates.root``: one directory per category holding TH1D with sumw2, named as CMS
     combine reads them (``shapes * * templates.root $CHANNEL/$PROCESS $CHANNEL/$PROCESS_$SYSTEMATIC``)."""

@@ -65,6 +65,9 @@ class Binning(Spec):
     bins: int | list[float] = 10
     range: tuple[float, float] | None = None
     quantile: bool = False
+    # bins are merged (from the high end) until each holds more than this much expected
+    # background in every category; 0: only bins with no background at all are merged
+    min_background: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -296,6 +299,12 @@ class Templates(Workload):
         signal = [p.name for p in procs if p.signal]
         affected = job.affected()
         table = T.template_table({n: hists[n] for n in names}, [c.name for c in job.categories], affected, data)
+        table, merged = T.merge_low_background(table, edges, [p.name for p in procs if not p.signal and not p.data],
+                                               b.min_background)
+        if len(merged) != len(edges):
+            ctx.log(f"binning: {len(edges) - 1} bins merged into {len(merged) - 1} (each with more than "
+                    f"{b.min_background:g} background events in every category)")
+            edges = merged
         root = ctx.store.local("templates.root")
         T.write_root(root, table, edges, job.variable)
         (ctx.store.local("datacard.txt")).write_text(T.datacard(table, [n for n in names if n != data], signal, affected))
