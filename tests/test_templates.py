@@ -165,3 +165,55 @@ def test_bad_templates_job(samples, tmp_path, change, field):
     with pytest.raises(ConfigError) as err:
         hepray.load_job(_job(samples, tmp_path, **change))
     assert field in str(err.value)
+
+
+class _Links:
+    def __init__(self, page: str):
+        from html.parser import HTMLParser
+
+        self.src, self.href = [], []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                if tag == "img":
+                    outer.src.append(a["src"])
+                if tag == "a" and "href" in a:
+                    outer.href.append(a["href"])
+
+        P().feed(page)
+
+
+def _check_page(page: Path) -> int:
+    """Every image of the page resolves to a file that decodes as an image, every link to a file.
+    (No headless browser is installed here: the links are parsed and the files opened instead.)"""
+    from PIL import Image
+
+    links = _Links(page.read_text())
+    for src in links.src:
+        with Image.open(page.parent / src) as im:
+            im.verify()  # raises on a truncated or non-image file
+    for href in links.href:
+        assert (page.parent / href).is_file(), href
+    return len(links.src)
+
+
+def test_report_and_index(ray_session, samples, tmp_path):
+    from hepray.cli import main
+    from hepray.report.html import write_index
+
+    run_dir = tmp_path / "rep"
+    s = hepray.run(_job(samples, run_dir, report={"style": "ATLAS", "label": "Simulation Internal", "lumi": 2}),
+                   quiet=True)
+    page = run_dir / "report.html"
+    n = _check_page(page)
+    assert n == len(list((run_dir / "plots").glob("*.png"))) >= 2 + 2 * 3 + 2  # templates, jes x3, wnorm x1 per category
+    text = page.read_text()
+    assert "templates.root" in text and "Summary" in text and "kind: templates" in text
+    page.unlink()
+    assert main(["report", str(run_dir)]) == 0 and page.is_file()
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    index = write_index(tmp_path, {"templates": {"run_dir": s["run_dir"], "seconds": 1.0}})
+    assert _Links(index.read_text()).href == ["rep/report.html"]
+    _check_page(index)

@@ -51,7 +51,11 @@ def _plt():
         matplotlib.rcdefaults()
         matplotlib.use("Agg")
         mplhep.style.use(style)
-        plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110})
+        # the experiments' styles are sized for 10 x 10 inch figures; hepray's are about half that
+        plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "font.size": 11, "axes.labelsize": 12,
+                             "axes.titlesize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+                             "legend.fontsize": 9, "xtick.major.size": 6, "ytick.major.size": 6,
+                             "xtick.minor.size": 3, "ytick.minor.size": 3, "lines.linewidth": 1.5})
         _applied[0] = style
     return plt
 
@@ -79,12 +83,13 @@ def experiment_label(ax, report=None) -> None:
     r = _spec(report)
     if getattr(ax, "_hepray_label", False):
         return
-    kw = {"ax": ax, "data": False, "lumi": r["lumi"], "com": r["com"], "loc": 0}
+    # data=True: the label is the whole text (with data=False mplhep prepends its own "Simulation")
+    kw = {"ax": ax, "data": True, "lumi": r["lumi"], "com": r["com"], "loc": 0}
     title = ax.get_title()
     if title:  # the label takes the title's place: the title moves inside, as a legend-like note
         ax.set_title("")
         ax.text(0.02, 0.98, title, transform=ax.transAxes, fontsize="x-small", va="top", ha="left")
-    size = "small"
+    size = 11
     if r["style"] == "CMS":
         mplhep.cms.label(r["label"], fontsize=size, **kw)
     elif r["style"] == "ATLAS":
