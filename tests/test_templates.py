@@ -59,7 +59,7 @@ def _job(samples, out, **kw) -> dict:
         "systematics": [{"name": "jes", "variable_up": "score_jesUp", "variable_down": "score_jesDown"},
                         {"name": "wnorm", "weight_up": "1 + 0.2 * score", "weight_down": "1 - 0.2 * score",
                          "processes": ["ttbar"]}],
-        "mc_stat": True,
+        "mc_stat": True, "plots": "all",
     }
     job.update(kw)
     return job

@@ -6,6 +6,8 @@ with pyhf when ``fit:`` asks (docs/templates.md)."""
 from __future__ import annotations
 
 import numpy as np
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from ..config import DatasetSpec, JobConfig, Name, Spec
@@ -101,6 +103,9 @@ class TemplatesConfig(JobConfig):
     lumi: float = Field(1.0, gt=0)  # fb^-1: with a process's xsec, its expected events
     mc_stat: bool = True  # staterror per channel in the workspace (autoMCStats in the datacard)
     fit: FitSpec | None = None
+    # plots: the stacked templates per category (templates), also every systematic's up/down per
+    # process and category (all: processes x categories x systematics figures), or none
+    plots: Literal["templates", "all", "none"] = "templates"
 
     @model_validator(mode="after")
     def _names(self):
@@ -321,10 +326,10 @@ class Templates(Workload):
         from ..report import plots
 
         pdir = ctx.store.local("plots")
-        for cat, tab in table.items():
+        for cat, tab in table.items() if job.plots != "none" else ():
             plots.stacked_templates(tab, edges, [n for n in names if n != data], signal, pdir / f"templates_{cat}.png",
                                     job.variable, f"{cat}", observed=data is not None)
-            for syst, ps in affected.items():
+            for syst, ps in affected.items() if job.plots == "all" else ():
                 for p in ps:
                     plots.variation(tab, edges, p, syst, pdir / f"syst_{cat}_{p}_{syst}.png", job.variable)
         if job.fit is not None and job.fit.enabled:
@@ -332,7 +337,8 @@ class Templates(Workload):
 
             r = fit(spec, observed=data is not None)
             ctx.write_json("fit.json", r)
-            cls_plot(r["scan"], pdir / "cls_scan.png", f"L = {job.lumi:g} fb$^{{-1}}$")
+            if job.plots != "none":
+                cls_plot(r["scan"], pdir / "cls_scan.png", f"L = {job.lumi:g} fb$^{{-1}}$")
             out.update({k: v for k, v in r.items() if k != "scan"})
             band = r["mu_up_band"]
             ctx.log(f"fit (L = {job.lumi:g}/fb): expected significance {r['significance_expected']:.3f} sigma, "
