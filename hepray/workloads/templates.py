@@ -190,7 +190,9 @@ class TemplatesProcessor(ShardProcessor):
         if np.ndim(v) == 0:
             return np.full(n, v, dtype=dtype)
         try:
-            v = np.asarray(v, dtype=dtype)
+            v = np.asarray(v)  # a column's own dtype (float32 stays float32: no copy)
+            if v.dtype.kind not in ("b" if dtype is bool else "fiub"):
+                v = None
         except (TypeError, ValueError):
             v = None
         if v is None or v.shape != (n,):
@@ -230,14 +232,16 @@ class TemplatesProcessor(ShardProcessor):
             sumw[p["name"]] = float(w[sel].sum())
             events[p["name"]] = int(sel.sum())
             for cat, cm in cat_masks:
-                m = sel if cm is None else sel & cm
-                T.fill(h, cat, T.NOMINAL, x, w, m)
+                idx = np.flatnonzero(sel if cm is None else sel & cm)  # taken once, then each variation indexes
+                xi, wi = x[idx], w[idx]
+                T.fill(h, cat, T.NOMINAL, xi, wi)
                 for s in self.systematics:
                     if p["name"] not in self.affected[s["name"]]:
                         continue
                     for d, suffix in (("up", "Up"), ("down", "Down")):
                         xs, ws = shifted[(s["name"], d)]
-                        T.fill(h, cat, s["name"] + suffix, x if xs is None else xs, w if ws is None else w * ws, m)
+                        T.fill(h, cat, s["name"] + suffix, xi if xs is None else xs[idx],
+                               wi if ws is None else wi * ws[idx])
             hists[p["name"]] = h
         return PartData({}, n_in, summary={"hists": hists, "sumw": sumw, "events": events})
 
