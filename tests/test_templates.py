@@ -217,3 +217,37 @@ def test_report_and_index(ray_session, samples, tmp_path):
     index = write_index(tmp_path, {"templates": {"run_dir": s["run_dir"], "seconds": 1.0}})
     assert _Links(index.read_text()).href == ["rep/report.html"]
     _check_page(index)
+
+
+def test_merge_low_background_keeps_totals():
+    from hepray.fit.templates import merge_low_background
+
+    edges = np.linspace(0, 1, 6)
+    tab = {"c1": {"s": (np.array([1., 2, 3, 4, 5]), np.array([1., 2, 3, 4, 5])),
+                  "b": (np.array([50., 10, 2, 0, 0]), np.array([5., 1, 1, 0, 0]))},
+           "c2": {"s": (np.array([0., 1, 1, 1, 1]), np.array([0., 1, 1, 1, 1])),
+                  "b": (np.array([40., 5, 0, 1, 0]), np.array([4., 1, 0, 1, 0]))}}
+    merged, new = merge_low_background(tab, edges, ["b"], 0.0)
+    # from the top: bins 3+4 have b = 0 in c1 -> joined with bin 2 (c1: 2, c2: 1): [0, .2, .4, 1]
+    np.testing.assert_allclose(new, [0, 0.2, 0.4, 1.0])
+    np.testing.assert_allclose(merged["c1"]["s"][0], [1, 2, 12])
+    np.testing.assert_allclose(merged["c2"]["b"][1], [4, 1, 1])
+    for cat in tab:
+        for name, (v, var) in tab[cat].items():
+            assert merged[cat][name][0].sum() == v.sum() and merged[cat][name][1].sum() == var.sum()
+    assert all((merged[c]["b"][0] > 0).all() for c in merged)
+    same, e = merge_low_background(tab, edges, ["b"], -1.0)  # nothing to merge
+    assert same is tab and e is edges
+
+
+def test_quantile_edges_flat():
+    from hepray.fit.templates import quantile_edges
+
+    fine = np.linspace(0, 1, 1001)
+    rng = np.random.default_rng(3)
+    x = rng.beta(5, 2, 200_000)
+    counts, _ = np.histogram(x, fine)
+    edges = quantile_edges(counts, fine, 5)
+    per_bin, _ = np.histogram(x, edges)
+    np.testing.assert_allclose(per_bin / len(x), 0.2, atol=0.003)
+    assert edges[0] == 0 and edges[-1] == 1

@@ -276,6 +276,10 @@ class Templates(Workload):
     def run(self, ctx) -> dict:
         job = self.job
         procs = job.process_list()
+        if job.fit is not None and job.fit.enabled:  # before any shard runs: pip install hepray[fit]
+            from ..extras import require
+
+            require("pyhf")
         plan = ctx.plan(job.dataset, extra=self.columns())
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")
         b = job.binning
