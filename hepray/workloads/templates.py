@@ -14,7 +14,7 @@ from ..config import DatasetSpec, JobConfig, Name, Spec
 from ..data.expressions import CONSTANTS, Expression
 from ..data.reading import read_shard
 from ..data.steps import ENTRY
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, HeprayError
 from ..fit import templates as T
 from .base import PartData, ShardProcessor, Workload
 from .registry import register
@@ -298,13 +298,13 @@ class Templates(Workload):
         hists = total.get("hists", {})
         missing = [p.name for p in procs if p.name not in hists]
         if missing:
-            raise DataError("", f"processes {missing} selected no shard (check their sample names and the files)")
+            raise HeprayError(f"processes {missing} selected no shard (check their sample names and the files)")
         scale = {}
         for p in procs:
             if p.xsec is not None:
                 sw = total["sumw"][p.name]
                 if sw <= 0:
-                    raise DataError("", f"process {p.name!r}: no events with positive weight to normalise to xsec")
+                    raise HeprayError(f"process {p.name!r}: no events with positive weight to normalise to xsec")
                 scale[p.name] = p.xsec * 1000.0 * job.lumi / sw
                 hists[p.name] = hists[p.name] * scale[p.name]
         data = next((p.name for p in procs if p.data), None)
