@@ -29,6 +29,7 @@ BENCHES = [
     ("bench_dask.py", [], []),
     ("bench_scale.py", [], ["--files", "1000"]),
     ("bench_analysis.py", [], ["--events", "400000"]),
+    ("bench_templates.py", [], ["--events", "400000"]),
 ]
 
 

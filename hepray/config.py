@@ -175,6 +175,17 @@ class EngineSpec(Spec):
     on_nonfinite: Literal["fail", "count"] = "fail"
 
 
+class ReportSpec(Spec):
+    """How plots are labelled (mplhep): an experiment's style and label, or ``none`` (mplhep's
+    neutral ROOT-like style, no experiment name); ``lumi`` in fb^-1 and ``com`` in TeV go in the
+    top-right corner when given."""
+
+    style: Literal["CMS", "ATLAS", "none"] = "none"
+    label: str = "Simulation"
+    lumi: float | None = Field(None, gt=0)
+    com: float | None = Field(None, gt=0)
+
+
 class JobConfig(Spec):
     """Fields every job has. Workloads subclass this with their own blocks."""
 
@@ -185,6 +196,7 @@ class JobConfig(Spec):
     seed: int = 12345
     output: OutputSpec = OutputSpec()
     engine: EngineSpec = EngineSpec()
+    report: ReportSpec = ReportSpec()
 
     # the job file, for error messages
     source: str = Field("", exclude=True)

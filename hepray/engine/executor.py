@@ -298,6 +298,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         parked = True
     finally:
         if not parked:  # interrupted: work may still be in flight on them
+            prog.close()
             pool.kill([sl.actor for sl in slots if sl.actor is not None])
     # exactly the manifest's parts stay: a loser's, a dead attempt's or an older job's files go
     remove_uncommitted(parts_dir, *ledger.kept())
