@@ -115,3 +115,32 @@ def loss_curve(history: list[dict], path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def methods_per_run(run: int, lumi: np.ndarray, truth: np.ndarray, methods: dict, path) -> Path:
+    """One run's summary: per method (a panel each), every lumisection's ``-log10 p`` against the
+    method's threshold (dashed), flagged lumisections in red, true faults marked below.
+
+    ``methods``: name -> {"p": [L], "threshold": float, "flagged": [L] bool, "label": str}."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(methods), 1, figsize=(9, 2.4 * len(methods) + 0.6), sharex=True, squeeze=False)
+    for ax, (name, m) in zip(axes[:, 0], methods.items()):
+        s = -np.log10(np.clip(np.asarray(m["p"], dtype=np.float64), 1e-300, 1.0))
+        s = np.minimum(s, 300.0)
+        f = np.asarray(m["flagged"], bool)
+        ax.plot(lumi[~f], s[~f], "o", ms=3, color="tab:blue", label="not flagged")
+        ax.plot(lumi[f], s[f], "o", ms=4.5, color="tab:red", label="flagged")
+        ax.axhline(-np.log10(m["threshold"]), ls="--", color="tab:red", lw=1, label=f"threshold (p < {m['threshold']:.2g})")
+        ymin = -0.08 * max(np.nanmax(s) if len(s) else 1.0, 1.0)
+        for code in np.unique(truth[truth > 0]):
+            mk, c = _FAULT_STYLE.get(int(code), ("x", "k"))
+            sel = truth == code
+            ax.plot(lumi[sel], np.full(sel.sum(), ymin), mk, color=c, ms=5, label=f"truth: {FAULT_NAMES.get(int(code), code)}")
+        ax.set_yscale("symlog", linthresh=3)
+        ax.set_ylabel("-log10 p")
+        ax.set_title(m.get("label", name), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=4, loc="upper right")
+    axes[-1, 0].set_xlabel("lumisection")
+    fig.suptitle(f"run {run}: per-lumisection statistic vs threshold, per method", fontsize=10)
+    return _save(fig, path)
