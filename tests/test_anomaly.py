@@ -450,3 +450,25 @@ def test_demo_anomaly_step_flags_the_faulty_lumisections_only(ray_session, tmp_p
     good = json.loads((tmp_path / "runs/demo/anomaly_scan/good_lumis.json").read_text())["1"]
     assert [0, 0] in good and [4, 13] in good
 
+
+
+def test_replayed_jets_keep_their_generator_features_when_turned():
+    """A replay turns whole events in azimuth and mirrors them in eta: the rotated generator-level
+    features it hands the detector equal those recomputed from the turned constituents."""
+    from hepray.generate.producer import GenJets, _jet_features
+    from hepray.generate.replay import pool_features, replay
+
+    rng = np.random.default_rng(6)
+    n_jets, per = 12, 15
+    pt, eta, phi = rng.exponential(40, n_jets * per) + 1, rng.normal(0.3, 0.2, n_jets * per), rng.normal(1.0, 0.2, n_jets * per)
+    const = {"px": pt * np.cos(phi), "py": pt * np.sin(phi), "pz": pt * np.sinh(eta), "e": pt * np.cosh(eta),
+             "m": np.zeros(n_jets * per), "pid": np.full(n_jets * per, 211, np.int32), "charge": np.ones(n_jets * per, np.int8)}
+    pool = GenJets(const, np.arange(0, n_jets * per + 1, per), np.repeat(np.arange(6), 2), np.tile([0, 1], 6).astype(np.int32),
+                   np.full(n_jets, -1.0), 6, 0.0)
+    g, f = replay(pool, pool_features(pool, 0.8), rng, 20, 1000)
+    assert g.n_jets == 40 and g.event.min() == 1000 and g.event.max() == 1019
+    c = g.const
+    again = _jet_features(c["px"], c["py"], c["pz"], c["e"], g.offsets, None, 0.8)
+    for k in ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "nconst"):
+        assert np.allclose(f[k], again[k], atol=1e-9), k
+    assert np.std(f["phi"]) > 1.0 and (f["eta"] < 0).mean() > 0.2  # turned and mirrored

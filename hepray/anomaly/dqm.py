@@ -6,9 +6,10 @@ hot channel puts its events). Two models judge those histograms:
 
 ``classical`` (the DQM baseline)
     per variable a two-sample test of the lumisection's histogram against the reference one:
-    ``chi2`` (Pearson's homogeneity chi2 of two histograms, as ROOT's ``Chi2Test("UU")``, adjacent
-    bins merged until the lumisection expects ``min_expected`` events in each, dof = groups - 1)
-    or ``ks`` (Kolmogorov-Smirnov distance of the binned cumulative distributions, effective size
+    ``chi2`` (Pearson's homogeneity chi2 of two histograms, as ROOT's ``Chi2Test("UU")``, on the
+    bins inside the reference range, adjacent bins merged until the lumisection expects
+    ``min_expected`` events in each, dof = groups - 1; the count outside the range by an exact
+    binomial test; the variable's p-value ``min(1, 2 min(p_chi2, p_outside))``) or ``ks`` (Kolmogorov-Smirnov distance of the binned cumulative distributions, effective size
     ``n N / (n + N)``; conservative for binned data). The per-variable p-values are combined over
     variables by ``min_p`` (Bonferroni: ``min(1, V min_v p_v)``, valid whatever the correlation of
     the variables) or ``fisher`` (``-2 sum log p_v ~ chi2(2V)``, exact for independent variables
