@@ -169,6 +169,8 @@ class EngineSpec(Spec):
     keep_warm_s: float = Field(30.0, ge=0)
     # a shard running longer is ended (its actor restarted), tried again, then reported as failed
     shard_timeout_s: float | None = Field(1800.0, gt=0)
+    # a lost worker's shards go to the others at once; with none left for this long, the run ends
+    restart_timeout_s: float = Field(180.0, gt=0)
     # NaN or inf in a model's inputs: fail the shard, or count them per shard in the manifest
     on_nonfinite: Literal["fail", "count"] = "fail"
 

@@ -142,6 +142,7 @@ class RunContext:
             workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
             max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
             label=self.job.name, keep_warm_s=eng.keep_warm_s, shard_timeout_s=eng.shard_timeout_s,
+            restart_timeout_s=eng.restart_timeout_s,
         )
         if summary["shards_redone"]:
             why = ", ".join(f"{n} {WHY_REDONE[k]}" for k, n in summary["redone"].items())
