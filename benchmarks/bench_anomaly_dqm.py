@@ -89,6 +89,8 @@ def make_chunk(pool_path: str, out: str, run: int, lumis: list[int], faults: lis
     from hepray.generate.replay import pool_features, replay
 
     t0 = time.perf_counter()
+    if Path(out).exists() and Path(out + ".done").exists():  # the same chunk of an earlier run (same --seed)
+        return json.loads(Path(out + ".done").read_text())
     pool = _load_pool(Path(pool_path))
     feats = pool_features(pool, 0.8)
     job = _job(faults, events_per_lumi, run)
@@ -103,7 +105,9 @@ def make_chunk(pool_path: str, out: str, run: int, lumis: list[int], faults: lis
     with uproot.recreate(out) as f:
         f.mktree("jets", {k: v.dtype for k, v in cols.items()})
         f["jets"].extend(cols)
-    return {"file": out, "jets": len(cols["event"]), "seconds": time.perf_counter() - t0}
+    made = {"file": out, "jets": len(cols["event"]), "seconds": time.perf_counter() - t0}
+    Path(out + ".done").write_text(json.dumps(made))
+    return made
 
 
 def make_sample(d: Path, args) -> dict:
@@ -129,7 +133,7 @@ def make_sample(d: Path, args) -> dict:
         faults = [fault_spec(k, v, lumis) for (k, v), lumis in lumi_of.items() if k != "good"]
         tasks = []
         for run, n_lumis, fl in ((1, args.ref_lumis, []), (2, len(labels), faults)):
-            (d / f"run{run}").mkdir(exist_ok=True)
+            (d / f"run{run}").mkdir(exist_ok=True)  # chunk files named *.root, markers *.root.done
             for c in range(0, n_lumis, 10):
                 lumis = list(range(c, min(c + 10, n_lumis)))
                 tasks.append((str(pool_path), str(d / f"run{run}" / f"chunk_{c:04d}.root"), run, lumis, fl, args.events,
