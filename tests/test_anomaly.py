@@ -472,3 +472,30 @@ def test_replayed_jets_keep_their_generator_features_when_turned():
     for k in ("pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "nconst"):
         assert np.allclose(f[k], again[k], atol=1e-9), k
     assert np.std(f["phi"]) > 1.0 and (f["eta"] < 0).mean() > 0.2  # turned and mirrored
+
+
+def test_profile_map_statistic_against_a_direct_computation():
+    """The classical method's pT-per-cell map: per-lumisection sums added over shards equal one
+    pass, and its chi2 equals the sum over cells computed directly; a hot cell is seen."""
+    from hepray.anomaly.dqm import ProfileMap
+    from hepray.engine.summary import add
+
+    rng = np.random.default_rng(7)
+    ref = np.column_stack([rng.uniform(-2, 2, 50_000), rng.uniform(-3, 3, 50_000), rng.normal(600, 30, 50_000)])
+    m = ProfileMap.from_reference(ref, (0, 1, 2), ("eta", "phi", "pt"), (4, 4))
+    lumi = np.column_stack([rng.uniform(-2, 2, 600), rng.uniform(-3, 3, 600), rng.normal(600, 30, 600)])
+    hot = (lumi[:, 0] > 0) & (lumi[:, 0] < 1) & (lumi[:, 1] > 0) & (lumi[:, 1] < 1.5)
+    lumi[hot, 2] += 60  # a hot cell
+    cell = m.cells(lumi[:, 0], lumi[:, 1])
+    s = add(m.sums(cell[:300], lumi[:300, 2]), m.sums(cell[300:], lumi[300:, 2]))
+    assert np.allclose(s, m.sums(cell, lumi[:, 2]))
+    chi = 0.0
+    for c in range(16):
+        sel_r, sel_l = m.cells(ref[:, 0], ref[:, 1]) == c, cell == c
+        if sel_l.any():
+            chi += sel_l.sum() * (lumi[sel_l, 2].mean() - ref[sel_r, 2].mean()) ** 2 / ref[sel_r, 2].var()
+    from hepray.anomaly.stats import chi2_sf
+
+    assert m.pvalues(s)[0] == pytest.approx(chi2_sf(chi, 16), rel=1e-6) and m.pvalues(s)[0] < 1e-6
+    good = m.sums(cell, rng.normal(600, 30, 600))
+    assert m.pvalues(good)[0] > 1e-3

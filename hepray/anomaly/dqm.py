@@ -332,13 +332,83 @@ def false_alarm(pvalues: np.ndarray, threshold: float) -> dict:
     return fraction(int((p < threshold).sum()), len(p))
 
 
+# -- profile maps (a variable's mean per cell of a 2D map, e.g. jet pT per eta-phi cell) ----------
+@dataclasses.dataclass
+class ProfileMap:
+    """``w`` averaged per cell of an ``x`` x ``y`` grid (uniform cells over the reference range):
+    the DQM energy map. A hot channel adds energy to the jets of a few cells, which the marginal
+    histograms dilute over the whole detector. Statistic per lumisection:
+    ``sum_c n_c (mean_c - mu_c)^2 / sigma_c^2`` over cells with events (``mu_c``, ``sigma_c``:
+    the reference's mean and spread of ``w`` in the cell), about chi2 with one dof per such cell."""
+
+    name: str
+    x: str
+    y: str
+    w: str
+    xedges: np.ndarray
+    yedges: np.ndarray
+    ref: np.ndarray | None = None  # [3, C]: reference count, mean, variance of w per cell
+
+    @classmethod
+    def from_reference(cls, X: np.ndarray, cols: tuple[int, int, int], names: tuple[str, str, str],
+                       bins: tuple[int, int]) -> ProfileMap:
+        x, y = X[:, cols[0]], X[:, cols[1]]
+        m = cls(f"{names[2]} per {names[0]} x {names[1]} cell", *names,
+                np.linspace(np.nanmin(x), np.nanmax(x), bins[0] + 1), np.linspace(np.nanmin(y), np.nanmax(y), bins[1] + 1))
+        s = m.sums(m.cells(X[:, cols[0]], X[:, cols[1]]), X[:, cols[2]])[0]
+        n = np.maximum(s[0], 1)
+        mean = s[1] / n
+        m.ref = np.stack([s[0], mean, np.maximum(s[2] / n - mean ** 2, 0.0)])
+        return m
+
+    @property
+    def n_cells(self) -> int:
+        return (len(self.xedges) - 1) * (len(self.yedges) - 1)
+
+    def cells(self, x, y) -> np.ndarray:
+        nx, ny = len(self.xedges) - 1, len(self.yedges) - 1
+        ix = np.clip(np.searchsorted(self.xedges, np.nan_to_num(x), side="right") - 1, 0, nx - 1)
+        iy = np.clip(np.searchsorted(self.yedges, np.nan_to_num(y), side="right") - 1, 0, ny - 1)
+        return ix * ny + iy
+
+    def sums(self, cell: np.ndarray, w: np.ndarray, group: np.ndarray | None = None, n_groups: int = 1) -> np.ndarray:
+        """``[n_groups, 3, C]``: events, sum of w, sum of w^2 per cell."""
+        C = self.n_cells
+        g = np.zeros(len(cell), np.int64) if group is None else np.asarray(group, np.int64)
+        k = g * C + cell
+        w = np.nan_to_num(np.asarray(w, np.float64))
+        return np.stack([np.bincount(k, minlength=n_groups * C), np.bincount(k, w, minlength=n_groups * C),
+                         np.bincount(k, w * w, minlength=n_groups * C)]).reshape(3, n_groups, C).transpose(1, 0, 2)
+
+    def pvalues(self, sums: np.ndarray) -> np.ndarray:
+        """p-value per lumisection of its map ``sums`` [L, 3, C]."""
+        n = sums[:, 0]
+        ok = (self.ref[0] >= 5)[None, :] & (n > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums[:, 1] / np.maximum(n, 1)
+            chi = np.where(ok, n * (mean - self.ref[1]) ** 2 / np.maximum(self.ref[2], 1e-12), 0.0)
+        return chi2_sf(chi.sum(axis=1), np.maximum(ok.sum(axis=1), 1))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "x": self.x, "y": self.y, "w": self.w, "xedges": self.xedges.tolist(),
+                "yedges": self.yedges.tolist(), "ref": self.ref.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProfileMap:
+        return cls(d["name"], d["x"], d["y"], d["w"], np.asarray(d["xedges"]), np.asarray(d["yedges"]), np.asarray(d["ref"]))
+
+
 # -- the lumisection model stored with a train_anomaly artifact -----------------------------------
 def method_pvalues(counts: np.ndarray, reference: np.ndarray, valid: np.ndarray, ae: HistAutoencoder | None,
-                   test: str, combine: str, min_expected: float) -> dict:
-    """Every method's p-value ``[L]`` and driving-variable scores ``[L, V]`` (higher = drives
-    more: ``-log10 p_v`` for classical, the share of the statistic for the autoencoder)."""
+                   test: str, combine: str, min_expected: float, maps: list[ProfileMap] = (),
+                   map_sums: np.ndarray | None = None) -> dict:
+    """Every method's p-value ``[L]`` and driving-variable scores ``[L, V (+ maps)]`` (higher =
+    drives more: ``-log10 p_v`` for classical, the share of the statistic for the autoencoder).
+    The classical method combines the per-variable histogram tests and the profile maps'."""
     out = {}
     pv, _ = classical_pvalues(counts, reference, valid, test, min_expected)
+    if maps:
+        pv = np.concatenate([pv, np.stack([m.pvalues(map_sums[:, i]) for i, m in enumerate(maps)], axis=1)], axis=1)
     out["classical"] = {"p": combine_pvalues(pv, combine), "drive": -np.log10(np.maximum(pv, 1e-300)), "p_var": pv}
     if ae is not None:
         stat, p, share = ae.statistic(counts)
@@ -346,7 +416,8 @@ def method_pvalues(counts: np.ndarray, reference: np.ndarray, valid: np.ndarray,
     return out
 
 
-def build_lumi_model(pools: dict[str, np.ndarray], variables: list[str], *, bins: int = 20, test: str = "chi2",
+def build_lumi_model(pools: dict[str, np.ndarray], variables: list[str], *, maps: list[dict] = (), bins: int = 20,
+                     test: str = "chi2",
                      combine: str = "min_p", min_expected: float = 5.0, sizes: tuple[int, int] = (50, 2000),
                      n_train: int = 2000, n_calibration: int = 1000, n_check: int = 1000, ae_hidden=(64, 16),
                      ae_latent: int = 4, ae_epochs: int = 200, seed: int = 0, log=print) -> dict:
@@ -357,25 +428,44 @@ def build_lumi_model(pools: dict[str, np.ndarray], variables: list[str], *, bins
     held-out check of the false-alarm rate). Pseudo-lumisection sizes are log-uniform in ``sizes``
     (the statistics are normalised to the size, so one calibration serves all sizes).
 
+    ``pools`` columns: the ``variables``, then any extra ones the ``maps`` name by index
+    (``{"cols": (ix, iy, iw), "names": (x, y, w), "bins": (nx, ny)}``).
+
     Returns the JSON-able ``anomaly.lumi`` block of the artifact."""
     rng = np.random.default_rng([seed, 0x1D0])
-    binning = Binning.from_reference(pools["train"], variables, bins)
+    V = len(variables)
+    binning = Binning.from_reference(pools["train"][:, :V], variables, bins)
     nb, valid = binning.n_bins, binning.valid
-    idx = {k: binning.index(v) for k, v in pools.items()}
+    pmaps = [ProfileMap.from_reference(pools["train"], m["cols"], m["names"], m["bins"]) for m in maps]
+    split = {"calibration": ("test", 0), "check": ("test", 1)}
+    idx = {k: binning.index(v[:, :V]) for k, v in pools.items()}
+    cells = {k: [(pm.cells(v[:, m["cols"][0]], v[:, m["cols"][1]]), v[:, m["cols"][2]]) for pm, m in zip(pmaps, maps)]
+             for k, v in pools.items()}
     half = len(idx["test"]) // 2
-    idx["calibration"], idx["check"] = idx["test"][:half], idx["test"][half:]
     reference = counts_from_index(idx["train"], nb)[0]
 
-    def draw(pool: str, m: int) -> np.ndarray:
-        s = np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]), m)).astype(np.int64)
-        return pseudo_lumis(idx[pool], s, nb, rng)
+    def draw(pool: str, m: int) -> tuple[np.ndarray, np.ndarray | None]:
+        src, part = split.get(pool, (pool, None))
+        rows = np.arange(len(idx[src]))
+        if part is not None:
+            rows = rows[:half] if part == 0 else rows[half:]
+        sz = np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]), m)).astype(np.int64)
+        pick = rows[rng.integers(0, len(rows), int(sz.sum()))]
+        group = np.repeat(np.arange(m), sz)
+        counts = counts_from_index(idx[src][pick], nb, group, m)
+        ms = np.stack([pm.sums(c[pick], w[pick], group, m) for pm, (c, w) in zip(pmaps, cells[src])], axis=1) if pmaps else None
+        return counts, ms
 
-    ae, fit = train_hist_autoencoder(draw("train", n_train), valid, draw("validation", max(n_train // 4, 200)),
+    ae, fit = train_hist_autoencoder(draw("train", n_train)[0], valid, draw("validation", max(n_train // 4, 200))[0],
                                      hidden=ae_hidden, latent=ae_latent, epochs=ae_epochs, seed=seed)
     log(f"lumisection autoencoder: {valid.sum()} bins in, {fit['epochs']} epochs (validation loss {fit['validation_loss']:.4g})")
-    cal = method_pvalues(draw("calibration", n_calibration), reference, valid, ae, test, combine, min_expected)
-    chk = method_pvalues(draw("check", n_check), reference, valid, ae, test, combine, min_expected)
+    c_counts, c_maps = draw("calibration", n_calibration)
+    k_counts, k_maps = draw("check", n_check)
+    cal = method_pvalues(c_counts, reference, valid, ae, test, combine, min_expected, pmaps, c_maps)
+    chk = method_pvalues(k_counts, reference, valid, ae, test, combine, min_expected, pmaps, k_maps)
+    idx["calibration"], idx["check"] = idx["test"][:half], idx["test"][half:]
     return {
+        "maps": [m.to_dict() for m in pmaps],
         "binning": binning.to_dict(), "reference_counts": reference.tolist(), "test": test, "combine": combine,
         "min_expected": min_expected, "autoencoder": ae.state(), "autoencoder_fit": fit,
         "calibration": {m: np.sort(cal[m]["p"]).tolist() for m in METHODS},
@@ -399,6 +489,7 @@ class LumiModel:
     min_expected: float
     calibration: dict[str, Calibration]
     check: dict[str, np.ndarray]
+    maps: list[ProfileMap] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> LumiModel:
@@ -406,8 +497,13 @@ class LumiModel:
         return cls(b, np.asarray(d["reference_counts"], dtype=np.int64), HistAutoencoder.from_state(d["autoencoder"], b.valid),
                    d["test"], d["combine"], float(d["min_expected"]),
                    {m: Calibration.from_values(v) for m, v in d["calibration"].items()},
-                   {m: np.asarray(v) for m, v in d["check"].items()})
+                   {m: np.asarray(v) for m, v in d["check"].items()},
+                   [ProfileMap.from_dict(m) for m in d.get("maps", [])])
 
-    def pvalues(self, counts: np.ndarray) -> dict:
+    @property
+    def drive_names(self) -> list[str]:
+        return list(self.binning.variables) + [m.name for m in self.maps]
+
+    def pvalues(self, counts: np.ndarray, map_sums: np.ndarray | None = None) -> dict:
         return method_pvalues(counts, self.reference, self.binning.valid, self.ae, self.test, self.combine,
-                              self.min_expected)
+                              self.min_expected, self.maps, map_sums)

@@ -249,12 +249,13 @@ TRUTH_CODES = 8  # truth codes 0..7 counted per lumisection (larger ones count a
 
 
 def lumi_summary(run, lumi, score, pvalue, errors, event_threshold: float, truth=None,
-                 hist_index: np.ndarray | None = None, n_bins: int = 0) -> dict:
+                 hist_index: np.ndarray | None = None, n_bins: int = 0, maps: list | None = None) -> dict:
     """One shard's per-lumisection sums as a per-shard summary (hepray/engine/summary.py):
     ``{"run:lumi": {"n", "sum_score", "sum_fisher", "n_above", "sum_err" [F], "truth" [codes],
     "hist" [V, B]}}``. Summaries of shards add key by key, so a lumisection split over shards
     gets the sums of all its events; ``hist`` (the binned monitored variables, from
-    ``hist_index`` [n, V]) feeds the histogram models of :mod:`.dqm`."""
+    ``hist_index`` [n, V]) and ``maps`` ([M, 3, C] from ``maps``: (ProfileMap, cell, w) per map)
+    feed the histogram models of :mod:`.dqm`."""
     score = np.asarray(score, dtype=np.float64)
     if not len(score):
         return {}
@@ -272,11 +273,15 @@ def lumi_summary(run, lumi, score, pvalue, errors, event_threshold: float, truth
         from .dqm import counts_from_index
 
         h = counts_from_index(hist_index, n_bins, inv, m)
+    if maps:
+        ms = np.stack([pm.sums(cell, w, inv, m) for pm, cell, w in maps], axis=1)
     out = {}
     for i, k in enumerate(keys.tolist()):
         d = {"n": int(n[i]), "sum_score": float(s[i]), "sum_fisher": float(fis[i]), "n_above": int(above[i]),
              "sum_err": err[i], "truth": tc[i]}
         if hist_index is not None:
             d["hist"] = h[i]
+        if maps:
+            d["maps"] = ms[i]
         out[f"{k >> 32}:{k & 0xFFFFFFFF}"] = d
     return out

@@ -98,7 +98,7 @@ class AnomalyProcessor(ShardProcessor):
         self.lumi_samples, self.truth, self.event_quantile, self.lumi = lumi_samples, truth, event_quantile, lumi
 
     def setup(self, num_cpus: int) -> None:
-        from ..anomaly.dqm import Binning
+        from ..anomaly.dqm import Binning, ProfileMap
         from ..anomaly.reference import ReferenceTable
         from ..anomaly.scoring import Scorer
 
@@ -106,6 +106,7 @@ class AnomalyProcessor(ShardProcessor):
         self.ref = ReferenceTable.from_dict(self.bundle.meta["anomaly"]["reference"])
         block = self.bundle.meta["anomaly"].get("lumi")
         self.binning = Binning.from_dict(block["binning"]) if block and self.lumi else None
+        self.maps = [ProfileMap.from_dict(m) for m in block.get("maps", [])] if block and self.lumi else []
 
     def process(self, shard) -> PartData:
         from ..anomaly.lumi import lumi_summary
@@ -130,10 +131,12 @@ class AnomalyProcessor(ShardProcessor):
             if self.binning is not None:
                 Xv = X[:, [self.features.index(v) for v in self.binning.variables]]
                 idx = self.binning.index(Xv)
+            fi = self.features.index
+            maps = [(m, m.cells(X[:, fi(m.x)], X[:, fi(m.y)]), X[:, fi(m.w)]) for m in self.maps]
             summary["lumis"] = lumi_summary(cols[ids[0]], cols[ids[1]], scores, out[PVALUE], errors,
                                             self.ref.threshold(1.0 - self.event_quantile),
                                             cols.get(self.truth) if self.truth else None, idx,
-                                            self.binning.n_bins if self.binning is not None else 0)
+                                            self.binning.n_bins if self.binning is not None else 0, maps)
             summary["id_columns"] = {ids[0]: 1, ids[1]: 1}
         return PartData(out, n_in, summary=summary)
 
@@ -260,6 +263,9 @@ class AnomalyScan(Workload):
             from ..anomaly.dqm import classical_pvalues, combine_pvalues
 
             pv, _ = classical_pvalues(counts, model.reference, model.binning.valid, model.test, model.min_expected)
+            if model.maps:
+                sums = np.stack([np.asarray(lumis[k]["maps"]) for k in keys])
+                pv = np.concatenate([pv, np.stack([m.pvalues(sums[:, i]) for i, m in enumerate(model.maps)], axis=1)], axis=1)
             methods["classical"] = {"p": np.where(j, combine_pvalues(pv, model.combine), 1.0), "drive": -np.log10(np.maximum(pv, 1e-300)),
                                     "p_var": pv, "calibrated": True, "test": model.test, "combine": model.combine}
             cost["classical"] = (time.perf_counter() - t0) * 1e3 / max(L, 1)
@@ -273,7 +279,7 @@ class AnomalyScan(Workload):
                 methods[m]["check"] = model.check[m]
                 methods[m]["calibration"] = (f"{model.calibration[m].m} pseudo-lumisections of held-out good reference "
                                              "events (test split, first half)")
-                methods[m]["drive_names"] = model.binning.variables
+                methods[m]["drive_names"] = model.binning.variables if m == "autoencoder" else model.drive_names
             methods["_sizes"] = block["pseudo_lumis"]["sizes"]
         return methods, cost
 

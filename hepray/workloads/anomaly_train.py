@@ -72,6 +72,15 @@ class FitSpec(Spec):
     cache_mb: float = Field(1024.0, ge=0)  # reference data up to this size stay in memory across epochs
 
 
+class MapSpec(Spec):
+    """A profile map of the classical method: ``w`` averaged per cell of an ``x`` x ``y`` grid."""
+
+    x: str
+    y: str
+    w: str
+    bins: tuple[int, int] = (10, 16)
+
+
 class LumiModelSpec(Spec):
     """Per-lumisection models (hepray/anomaly/dqm.py), trained on pseudo-lumisections of the
     reference's good events and calibrated on held-out ones (docs/anomaly.md)."""
@@ -90,6 +99,7 @@ class LumiModelSpec(Spec):
     latent: int = Field(4, gt=0)
     epochs: int = Field(200, gt=0)
     min_events: int = Field(200, ge=20)  # fewer reference events in a split: no lumisection models
+    maps: list[MapSpec] = []  # classical: profile maps next to the per-variable histograms
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -112,6 +122,9 @@ class TrainAnomalyConfig(JobConfig):
         bad = [v for v in (self.lumi.variables or []) if v not in self.features]
         if bad:
             raise ValueError(f"lumi.variables: {bad} are not among features")
+        bad = [v for m in self.lumi.maps for v in (m.x, m.y, m.w) if v not in self.features]
+        if bad:
+            raise ValueError(f"lumi.maps: {bad} are not among features")
         return self
 
 
@@ -326,9 +339,12 @@ class TrainAnomaly(Workload):
             log(f"lumisection models skipped: {small} reference events in these splits, lumi.min_events is {ls.min_events}")
             return None
         variables = list(ls.variables or job.features)
-        cols = [job.features.index(v) for v in variables]
+        names = variables + [f for f in job.features if f not in variables]
+        cols = [job.features.index(v) for v in names]
         pools = {k: v[:, cols] for k, v in pools.items()}
-        out = build_lumi_model(pools, variables, bins=ls.bins, test=ls.test, combine=ls.combine,
+        maps = [{"cols": tuple(names.index(v) for v in (m.x, m.y, m.w)), "names": (m.x, m.y, m.w), "bins": tuple(m.bins)}
+                for m in ls.maps]
+        out = build_lumi_model(pools, variables, maps=maps, bins=ls.bins, test=ls.test, combine=ls.combine,
                                min_expected=ls.min_expected, sizes=tuple(ls.events), n_train=ls.train_lumis,
                                n_calibration=ls.calibration_lumis, n_check=ls.check_lumis, ae_hidden=tuple(ls.hidden),
                                ae_latent=ls.latent, ae_epochs=ls.epochs, seed=job.seed, log=log)
