@@ -417,6 +417,11 @@ def test_bad_configs_are_refused_before_running(tmp_path):
     from hepray.models import build_model
     from hepray.models.artifact import save_metadata
 
+    with pytest.raises(ConfigError, match="lumi.maps"):
+        load_job({"kind": "train_anomaly", "dataset": {"files": "x.root"}, "features": ["a", "b"],
+                  "lumi": {"maps": [{"x": "a", "y": "b", "w": "pt"}]}})
+    with pytest.raises(ConfigError, match="lumi.events"):
+        load_job({"kind": "train_anomaly", "dataset": {"files": "x.root"}, "features": ["a"], "lumi": {"events": [50, 10]}})
     with pytest.raises(ConfigError, match="needs type: vae"):
         load_job({"kind": "train_anomaly", "dataset": {"files": "x.root"}, "features": ["a"],
                                 "model": {"type": "autoencoder", "score": "kl"}})

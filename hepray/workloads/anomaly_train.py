@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import DatasetSpec, JobConfig, Spec
 from ..data.loading import SPLIT, iter_columns
@@ -101,11 +101,12 @@ class LumiModelSpec(Spec):
     min_events: int = Field(200, ge=20)  # fewer reference events in a split: no lumisection models
     maps: list[MapSpec] = []  # classical: profile maps next to the per-variable histograms
 
-    @model_validator(mode="after")
-    def _sizes(self):
-        if not (0 < self.events[0] <= self.events[1]):
-            raise ValueError("events must be [low, high] with 0 < low <= high")
-        return self
+    @field_validator("events")
+    @classmethod
+    def _sizes(cls, v):
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return v
 
 
 class TrainAnomalyConfig(JobConfig):
