@@ -473,6 +473,9 @@ def _write_lumi_tables(run_dir: Path, table: dict, methods: dict, truth: str | N
         e["methods"] = {m: {"p": float(methods[m]["p"][i]), "threshold_p": float(methods[m]["threshold"]),
                             "flagged": rows[i][f"flag_{m}"], "variables": _drivers(methods[m], i, top)}
                         for m in names if m != "combined"}
+        if "events" in e["methods"]:  # its drivers: the features whose reconstruction error exceeds the reference most
+            e["methods"]["events"]["variables"] = [{"variable": t["feature"], "z": round(t["z"], 2)}
+                                                   for t in table["top_features"][i][:top]]
         e["features"] = table["top_features"][i]  # the event model's per-feature reconstruction excess
         return e
 
