@@ -25,6 +25,7 @@ BENCHES = [
     ("bench_gnn.py", [], []),
     ("bench_flashsim.py", [], []),
     ("bench_anomaly.py", [], []),
+    ("bench_anomaly_dqm.py", [], ["--good-lumis", "50", "--per-strength", "4"]),
     ("bench_fpga.py", [], []),
     ("bench_dask.py", [], []),
     ("bench_scale.py", [], ["--files", "1000"]),

@@ -33,6 +33,7 @@ STEPS: list[tuple[str, str, dict]] = [
     ("train_jetgraph", "jobs/train_jetgraph.yaml", {}),
     ("train_flashsim", "jobs/train_flashsim.yaml", {}),
     ("flashsim", "jobs/flashsim.yaml", {}),
+    ("generate_dq", "jobs/generate_dq.yaml", {}),
     ("train_anomaly", "jobs/train_anomaly.yaml", {}),
     ("anomaly_scan", "jobs/anomaly_scan.yaml", {}),
     ("fpga_bdt", "jobs/fpga_bdt.yaml", {}),
@@ -63,7 +64,7 @@ def plot_dimuon(run_dir) -> Path:
 
 # summary keys worth a glance, printed when a step returns them
 SHOW = ("events_in", "events_out", "shards", "plot", "auc", "rejection_at_30", "accuracy", "mode", "two_sample_auc",
-        "lumi_auc", "flagged", "decision_agreement", "chosen_precision", "auc_drop",
+        "lumi_auc", "flagged", "lumi_found", "lumi_good_flagged", "decision_agreement", "chosen_precision", "auc_drop",
         "significance_expected", "mu_up_expected")
 
 
