@@ -161,6 +161,9 @@ class OutputSpec(Spec):
 class EngineSpec(Spec):
     workers: int | None = Field(None, gt=0)  # default: the cluster's CPUs / cpus_per_worker
     cpus_per_worker: float = Field(1.0, gt=0)
+    # GPUs per shard actor (fractions share one): torch on cuda, xgboost device=cuda; a cluster
+    # without GPUs runs the job on CPUs with a warning
+    gpus_per_worker: float = Field(0.0, ge=0)
     in_flight: int | None = Field(None, gt=0)  # shards queued per worker beyond the running one
     max_retries: int = Field(2, ge=0)
     on_error: Literal["fail", "skip"] = "fail"

@@ -17,7 +17,7 @@ from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer
 from ..io.store import RunStore
 from . import executor, tasks
 from .summary import encode as encode_summary
-from .runtime import alive_nodes, cluster_cpus, ensure_ray, ray_initialized, ray_on_hand
+from .runtime import alive_nodes, cluster_cpus, cluster_gpus, ensure_ray, ray_initialized, ray_on_hand
 
 
 WHY_REDONE = {"stale": "made by a different job (fingerprint differs)", "torn": "with a missing or torn part",
@@ -72,6 +72,15 @@ class RunContext:
         if self._workers:
             return self._workers
         return max(1, int(cluster_cpus() / self.job.engine.cpus_per_worker))
+
+    def _gpus(self) -> float:
+        """engine.gpus_per_worker, or 0 with a warning where the cluster has no GPU (the CPU
+        fallback: an actor asking for a GPU there would never be placed)."""
+        want = self.job.engine.gpus_per_worker
+        if want and not cluster_gpus():
+            self.log(f"engine.gpus_per_worker={want:g} but the Ray cluster has no GPUs: running on CPUs")
+            return 0.0
+        return want
 
     def join(self) -> None:
         """Start or join Ray now (a trainer about to ask for CPUs; frees parked shard actors)."""
@@ -142,7 +151,7 @@ class RunContext:
             workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
             max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
             label=self.job.name, keep_warm_s=eng.keep_warm_s, shard_timeout_s=eng.shard_timeout_s,
-            restart_timeout_s=eng.restart_timeout_s,
+            restart_timeout_s=eng.restart_timeout_s, gpus_per_worker=self._gpus(),
         )
         if summary["shards_redone"]:
             why = ", ".join(f"{n} {WHY_REDONE[k]}" for k, n in summary["redone"].items())

@@ -20,6 +20,7 @@ from ..data import files
 from ..data.shard import Shard
 from ..errors import HeprayError
 from ..extras import LEAN_XGBOOST
+from ..models.predict import DEVICE_VAR
 from ..io.parts import as_path, fingerprint, marker_state, part_fingerprint, remove_uncommitted, write_part
 from . import pool
 from . import summary as summaries
@@ -35,11 +36,14 @@ class ShardWorker:
     (token, [ref]): a new token means a new run (or an actor Ray restarted, which lost them), and
     the actor then fetches the processor and sets it up: once per actor and run, not per shard."""
 
-    def __init__(self, num_cpus: float):
+    def __init__(self, num_cpus: float, num_gpus: float = 0):
         # Before any math library starts its thread pool in this process. Set here rather than in a
         # runtime_env, which would make Ray spawn fresh worker processes instead of reusing idle ones.
         for var in THREAD_VARS:
             os.environ[var] = str(max(1, int(num_cpus)))
+        # models.predict puts torch on it and gives xgboost device=cuda; Ray has set
+        # CUDA_VISIBLE_DEVICES to the GPUs it gave this actor
+        os.environ[DEVICE_VAR] = "cuda" if num_gpus > 0 else "cpu"
         os.environ[LEAN_XGBOOST] = "1"  # this process is the actor's alone (extras.import_xgboost)
         self.num_cpus = max(1, int(num_cpus))
         self.token = None
@@ -95,7 +99,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                workers: int, cpus_per_worker: float = 1.0, in_flight: int | None = None, max_retries: int = 2,
                resume: bool | str = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
                label: str = "run", keep_warm_s: float = 0.0, shard_timeout_s: float | None = None,
-               restart_timeout_s: float = 180.0) -> dict:
+               restart_timeout_s: float = 180.0, gpus_per_worker: float = 0) -> dict:
     """Run ``processor`` over ``shards`` on ``workers`` actors; return counters, the failed shards'
     records and the ledger of committed ones (engine.ledger: on disk, streamed into the manifest).
 
@@ -121,7 +125,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         if iter(shards) is shards:  # a one-pass iterator: the check must not use it up
             shards = list(shards)
         _refuse_changed(shards, parts_dir, run_fp)
-    first, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries)
+    first, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries, gpus_per_worker)
     # the run's settings (the processor holds config and model bytes) go to the object store once;
     # the driver holds the ref until the end, so a replacement actor can always fetch them
     token = uuid.uuid4().hex
@@ -183,7 +187,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                 backlog.appendleft(shard)
         pool.kill([sl.actor])
         lost[0] += 1
-        sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries))
+        sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries, gpus_per_worker))
         print(f"[hepray {label}] worker lost ({why}); {sum(x.ready for x in slots)} of {len(slots)} workers "
               "left, a replacement is asked for", file=sys.stderr, flush=True)
 
@@ -241,7 +245,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                     print(f"[hepray {label}] a worker failed to start 3 times ({why}); going on with fewer",
                           file=sys.stderr, flush=True)
                 else:
-                    sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries))
+                    sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries, gpus_per_worker))
             return
         sl, shard = pending[ref]
         try:

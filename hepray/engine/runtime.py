@@ -93,6 +93,12 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def ray_initialized() -> bool:
     ray = sys.modules.get("ray")  # not imported: not initialized (and no import paid to find out)
     return ray is not None and ray.is_initialized()
