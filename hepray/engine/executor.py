@@ -297,8 +297,9 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             fill(1 if n_shards else per_actor)  # shards sent back at the end: to idle actors
             if pending or backlog:
                 step()
-        pool.park([sl.actor for sl in slots if sl.ready], pool_key, keep_warm_s)
-        pool.kill([sl.actor for sl in slots if sl.actor is not None and not sl.ready])
+        # actors still starting are parked too (a short run may end before one is up); one Ray
+        # cannot place is released with the pool, like any parked actor
+        pool.park([sl.actor for sl in slots if sl.actor is not None], pool_key, keep_warm_s)
         parked = True
     finally:
         if not parked:  # interrupted: work may still be in flight on them
