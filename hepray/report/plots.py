@@ -114,3 +114,27 @@ def mass_spectrum(values: np.ndarray, path, xlabel: str = "$m_{\\mu\\mu}$ [GeV]"
     ax.set_ylabel("events / bin")
     ax.set_title(title or f"{len(values)} events")
     return _save(fig, path)
+
+
+def reliability_diagram(curves: dict[str, dict], path, title: str = "reliability") -> Path:
+    """``curves``: label -> ``metrics.reliability`` dict (with ``ece``). Observed frequency
+    against predicted probability per bin; the diagonal is perfect calibration; the lower
+    panel shows how many events each bin holds."""
+    plt = _plt()
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+    for label, r in curves.items():
+        pred, obs = np.asarray(r["predicted"], float), np.asarray(r["observed"], float)
+        ok = np.isfinite(pred) & np.isfinite(obs)
+        ece = r.get("ece")
+        line = ax.plot(pred[ok], obs[ok], "o-", ms=4, label=label + (f" (ECE {ece:.3f})" if ece is not None else ""))
+        edges = np.asarray(r["edges"])
+        axn.stairs(np.asarray(r["counts"]), edges, color=line[0].get_color())
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    axn.set_yscale("log")
+    axn.set_xlabel("predicted probability")
+    axn.set_ylabel("events")
+    return _save(fig, path)

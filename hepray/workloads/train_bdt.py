@@ -29,7 +29,9 @@ from .train_common import (
     TEST_SCORES,
     Data,
     TrainJob,
+    calibration_meta,
     class_names,
+    fit_calibration,
     load_training_data,
     score_report,
     shard_rows,
@@ -232,13 +234,14 @@ class TrainBDT(Workload):
         # Scores for the test rows and as many training rows (plenty for the train-vs-test KS):
         # scoring every training row cost as much as ~20 boosting rounds at 1 M events.
         train = subsample(data.train, max(int(data.test.sum()), 1000), job.seed)
-        rows = data.test | train
+        rows = data.test | train | (data.val if job.calibration != "none" else False)
         k = 1 if data.n_classes <= 2 else data.n_classes  # binary: one score column
         S = np.full((len(data.y), k), np.nan, dtype=np.float32)
         S[rows] = booster.inplace_predict(data.X[rows]).reshape(int(rows.sum()), -1)
         pdir = ctx.store.local("plots")
         t = data.test
-        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.store.local(TEST_SCORES))
+        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.store.local(TEST_SCORES),
+                           temperature=fit_calibration(job, S, data))
         gain = booster.get_score(importance_type="total_gain")
         out["importance_gain"] = {f: float(gain.get(f"f{i}", 0.0)) for i, f in enumerate(job.features)}
         plots.bar_ranking(out["importance_gain"], pdir / "importance_gain.png", "feature importance", "total gain")
@@ -295,5 +298,6 @@ class TrainBDT(Workload):
             "task": "multiclass" if data.n_classes > 2 else "binary", "params": job.xgb_params(data.n_classes, 1),
             "trees": booster.num_boosted_rounds(), "metrics": {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50") if k in result},
             "dataset_fingerprint": data.fingerprint(shard_ids), "samples": data.samples,
+            **calibration_meta(result["calibration"].get("temperature")),
         })
 

@@ -41,7 +41,9 @@ from .registry import register
 from .train_common import (
     TEST_SCORES,
     TrainJob,
+    calibration_meta,
     class_names,
+    fit_calibration,
     class_setup,
     load_training_data,
     score_report,
@@ -337,11 +339,12 @@ class TrainClassifier(Workload):
         # Scores for the test rows and as many training rows (plenty for the train-vs-test KS), as
         # for the BDT; ADNN's fresh probes train on the scores of all rows.
         train = data.train if job.adversarial else subsample(data.train, max(int(data.test.sum()), 1000), job.seed)
-        scored = data.test | train | (data.val if job.adversarial else False)
+        scored = data.test | train | (data.val if job.adversarial or job.calibration != "none" else False)
         S = np.full((len(data.y), setup["n_outputs"]), np.nan, dtype=np.float32)
         S[scored] = evaluator.scores(data.X[scored])
         pdir = ctx.store.local("plots")
-        result = score_report(S, data, classes, pdir, "DNN", train=train, scores_path=ctx.store.local(TEST_SCORES))
+        result = score_report(S, data, classes, pdir, "DNN", train=train, scores_path=ctx.store.local(TEST_SCORES),
+                              temperature=fit_calibration(job, S, data))
         result.update(task=task, training={"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info})
         diagnostics.plot_history(fit_info["history"], pdir / "training.png")
         timed("evaluate")
@@ -467,6 +470,7 @@ class TrainClassifier(Workload):
             "metrics": {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
             "exports": {k: v.get("file") for k, v in result.get("export", {}).items()},
             "dataset_fingerprint": fingerprint, "samples": samples,
+            **calibration_meta(result["calibration"].get("temperature")),
         })
 
 

@@ -39,7 +39,9 @@ from .train_common import (
     TEST_SCORES,
     Data,
     TrainJob,
+    calibration_meta,
     class_names,
+    fit_calibration,
     class_setup,
     score_report,
     shard_rows,
@@ -250,7 +252,8 @@ class TrainGNN(Workload):
         data = Data(cols, job.model_copy(update={"features": score_names}))
         classes = class_names(job, data)
         pdir = ctx.store.local("plots")
-        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.store.local(TEST_SCORES))
+        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.store.local(TEST_SCORES),
+                              temperature=fit_calibration(job, data.X, data))
         result["training"] = {"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info}
         result.update(task=task, network=model.arch, parameters=int(sum(p.numel() for p in model.parameters())))
         plot_history(fit_info["history"], pdir / "training.png")
@@ -258,6 +261,7 @@ class TrainGNN(Workload):
         meta["metrics"] = {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result}
         meta["dataset_fingerprint"] = data.fingerprint([s.shard_id for s in shards])
         meta["samples"] = data.samples
+        meta.update(calibration_meta(result["calibration"].get("temperature")))
         save_metadata(mdir, meta)
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, "mode": mode, "model": str(ctx.store.path("model")),

@@ -28,7 +28,14 @@ from ..models.artifact import save_metadata
 from .base import Workload
 from .registry import register
 from .train_classifier import TrainingSpec
-from .train_common import TrainJob, WeightSpec, load_training_data
+from .train_common import (
+    TrainJob,
+    WeightSpec,
+    calibration_meta,
+    calibration_report,
+    fit_calibration,
+    load_training_data,
+)
 
 
 class JetGraphNetworkSpec(Spec):
@@ -203,6 +210,8 @@ class TrainJetGraph(Workload):
         if "per_jet" in cmp:
             result["graph_minus_per_jet"] = {k: cmp["graph"][k] - cmp["per_jet"][k] for k in ("log_loss", "brier", "auc")}
         pdir = ctx.store.local("plots")
+        S = probs["graph"].reshape(-1, 1)
+        result["calibration"] = calibration_report(S, data, pdir, "jet graph", fit_calibration(job, S, data), rows=test)
         curves = {}
         for k, p in probs.items():
             tpr, fpr, _ = roc(y, p[test], w)
@@ -228,4 +237,5 @@ class TrainJetGraph(Workload):
             "inputs": {"arguments": ["x", "mask"], "graph": {"group_by": list(job.group_by), "order_by": job.order_by,
                                                              "max_jets": job.max_jets}},
             "metrics": result["comparison"]["graph"], "efficiency_map": result["map"],
+            **calibration_meta(result["calibration"].get("temperature")),
         })
