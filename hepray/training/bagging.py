@@ -1,0 +1,116 @@
+"""Bagging (bootstrap aggregation), shared by every trainer: the ``bagging:`` block, replica
+seeds, resampling, and the efficiency bands the replicas give.
+
+N replicas of a model are trained on bootstrap resamples of the training rows (drawn with
+replacement, each with its own seed), in parallel through the engine's ``ctx.map_tasks``. The
+spread of their predictions measures how much the model depends on the finite training sample
+(training-sample variance; docs/uncertainty.md). In-memory trainers (BDT) resample indices
+(:func:`bootstrap_indices`); streamed trainers (torch on shard batches) weight every event by a
+Poisson(1) count (:func:`poisson_counts`), the bootstrap for data seen one shard at a time (the
+count of an event in a size-n resample is Binomial(n, 1/n) -> Poisson(1)).
+
+:func:`efficiency_bands` turns the replicas' scores into the central value and spread per bin of
+each requested variable, for signal and background at a fixed working point, as numbers and as
+band plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ..config import Spec
+
+
+class BaggingSpec(Spec):
+    """``bagging: {models: 8, variables: [reco_pt, reco_eta], bins: 8, working_point: 0.5}``."""
+
+    models: int = Field(0, ge=0)  # 0: no bagging; else the number of bootstrap replicas (>= 2)
+    variable: str | None = None  # one variable (kept for older jobs; same as variables: [x])
+    variables: list[str] = []  # efficiency bands against each of these columns
+    bins: list[float] | int = 8  # an integer: quantile bins of the signal test events
+    working_point: float = Field(0.5, gt=0, lt=1)  # signal efficiency of the nominal model's cut
+    save: bool = True  # write the replicas as an ensemble model folder (<run>/ensemble)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.models == 1:
+            raise ValueError("models: 1 gives no spread; use 0 (off) or at least 2 replicas")
+        if self.variable and self.variable not in self.variables:
+            self.variables = [self.variable, *self.variables]
+        return self
+
+
+def replica_seeds(seed: int, models: int) -> list[int]:
+    """One seed per replica, distinct from the nominal training's ``seed``."""
+    return [seed + 1 + i for i in range(models)]
+
+
+def bootstrap_indices(n: int, seed: int) -> np.ndarray:
+    """n row indices drawn with replacement (an in-memory bootstrap resample)."""
+    return np.random.default_rng(seed).integers(0, n, n)
+
+
+def poisson_counts(n: int, seed: int, key: str) -> np.ndarray:
+    """Poisson(1) counts for n rows of one shard (``key``: its identity), a pure function of
+    (seed, key): every epoch, process and retry sees the same resample."""
+    h = int.from_bytes(hashlib.sha1(f"{seed}|{key}".encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, h]).poisson(1.0, n).astype(np.float32)
+
+
+def edges_for(values: np.ndarray, bins: list[float] | int) -> np.ndarray:
+    if isinstance(bins, int):
+        e = np.unique(np.quantile(values[np.isfinite(values)], np.linspace(0, 1, bins + 1)))
+        return e if len(e) > 1 else np.array([e[0] - 0.5, e[0] + 0.5])
+    return np.asarray(bins, dtype=float)
+
+
+def binned_efficiency(scores: np.ndarray, passed_thr: float, mask: np.ndarray, which: np.ndarray, n_bins: int,
+                      w: np.ndarray | None = None) -> np.ndarray:
+    """[models, bins] fraction of ``mask`` rows with score > thr per bin (nan: empty bin)."""
+    w = np.ones(scores.shape[1]) if w is None else w
+    den = np.bincount(which[mask], w[mask], minlength=n_bins)
+    out = np.full((len(scores), n_bins), np.nan)
+    for i, s in enumerate(scores):
+        num = np.bincount(which[mask], w[mask] * (s[mask] > passed_thr), minlength=n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    return out
+
+
+def efficiency_bands(scores: np.ndarray, nominal: np.ndarray, y: np.ndarray, variables: dict[str, np.ndarray],
+                     spec: BaggingSpec, plot_dir, model_name: str, w: np.ndarray | None = None) -> dict:
+    """Efficiency bands of bootstrap replicas: ``scores`` [models, n] (the signal probability of
+    n test events per replica), ``nominal`` [n] the nominal model's, whose cut at
+    ``spec.working_point`` signal efficiency every replica is evaluated at; ``variables``:
+    name -> [n] values (none: bins of the nominal score). Returns per variable the bin edges and
+    for signal and background the mean and standard deviation over replicas per bin; writes
+    ``bagging_{signal,background}_efficiency_{variable}.png``."""
+    from ..report import plots
+
+    y = np.asarray(y)
+    thr = float(np.quantile(nominal[y == 1], 1 - spec.working_point))
+    out: dict = {"models": int(len(scores)), "threshold": thr, "working_point": spec.working_point, "variables": {}}
+    for var, values in (variables or {"score": nominal}).items():
+        values = np.asarray(values, dtype=np.float64)
+        edges = edges_for(values[y == 1], spec.bins)
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        which = np.clip(np.digitize(values, edges) - 1, 0, len(centers) - 1)
+        entry: dict = {"edges": edges.tolist()}
+        for cls, name in ((1, "signal_efficiency"), (0, "background_efficiency")):
+            eff = binned_efficiency(scores, thr, y == cls, which, len(centers), w)
+            with np.errstate(invalid="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-nan (empty) bins stay nan
+                    mean, std = np.nanmean(eff, 0), np.nanstd(eff, 0)
+            entry[name] = {"mean": mean.tolist(), "std": std.tolist(),
+                           "relative_std": (std / np.where(mean > 0, mean, np.nan)).tolist()}
+            plots.band(centers, mean, mean - std, mean + std, plot_dir / f"bagging_{name}_{var}.png", var,
+                       name.replace("_", " "), f"{len(scores)} bootstrap {model_name}s at the nominal "
+                       f"{spec.working_point:.0%} WP", band_label="±1σ over bootstrap replicas")
+        out["variables"][var] = entry
+    return out
