@@ -114,3 +114,36 @@ def efficiency_bands(scores: np.ndarray, nominal: np.ndarray, y: np.ndarray, var
                        f"{spec.working_point:.0%} WP", band_label="±1σ over bootstrap replicas")
         out["variables"][var] = entry
     return out
+
+
+def probability_bands(P: np.ndarray, which: np.ndarray, n_bins: int, w: np.ndarray | None = None,
+                      truth: np.ndarray | None = None, y: np.ndarray | None = None) -> dict:
+    """Per bin (``which``: each event's bin): every replica's mean predicted probability, their
+    mean and standard deviation (``P``: [models, n]), against the truth and the ``coverage``
+    (fraction of non-empty bins whose truth lies inside mean ± sigma).
+
+    ``truth``: known per-event probabilities (a toy): its bin mean, sigma = the replicas' spread.
+    Else ``y``: the observed frequency in the bin, which has a statistical error of its own, so
+    sigma = sqrt(replica spread^2 + binomial error^2) with Kish's effective count.
+    """
+    n = P.shape[1]
+    w = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
+    W = np.bincount(which, w, minlength=n_bins)
+    ok = W > 0
+    safe = np.where(ok, W, 1.0)
+    per_member = np.stack([np.bincount(which, w * p, minlength=n_bins) / safe for p in P])
+    mean, spread = per_member.mean(0), per_member.std(0)
+    if truth is not None:
+        target = np.bincount(which, w * truth, minlength=n_bins) / safe
+        sigma = spread
+        stat = np.zeros(n_bins)
+    else:
+        target = np.bincount(which, w * (np.asarray(y) == 1), minlength=n_bins) / safe
+        n_eff = W**2 / np.where(ok, np.bincount(which, w * w, minlength=n_bins), 1.0)
+        stat = np.sqrt(np.clip(target * (1 - target), 0, None) / np.where(ok, n_eff, 1.0))
+        sigma = np.sqrt(spread**2 + stat**2)
+    inside = np.abs(target - mean) <= sigma
+    return {"mean": np.where(ok, mean, np.nan).tolist(), "std": np.where(ok, spread, np.nan).tolist(),
+            "truth": np.where(ok, target, np.nan).tolist(), "stat_error": np.where(ok, stat, np.nan).tolist(),
+            "truth_kind": "known probability" if truth is not None else "observed frequency",
+            "coverage": float(inside[ok].mean()) if ok.any() else float("nan"), "bins": int(ok.sum())}
