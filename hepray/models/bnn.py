@@ -26,7 +26,7 @@ F = torch.nn.functional
 class BayesLinear(nn.Module):
     """A linear layer with a factorised Gaussian posterior over weights and biases."""
 
-    def __init__(self, n_in: int, n_out: int, prior_sigma: float = 1.0, init_sigma: float = 1e-3):
+    def __init__(self, n_in: int, n_out: int, prior_sigma: float = 1.0, init_sigma: float = 0.05):
         super().__init__()
         self.prior_sigma = prior_sigma
         bound = 1.0 / math.sqrt(n_in)

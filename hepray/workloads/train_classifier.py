@@ -494,7 +494,7 @@ class TrainClassifier(Workload):
         members, temps = [], []
         for weights, _ in replicas:
             net = build_networks(job, len(job.features), setup["n_outputs"])
-            net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+            net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
             S = np.full((len(data.y), setup["n_outputs"]), np.nan, dtype=np.float32)
             S[rows] = evaluator.with_model(net).scores(data.X[rows])
             T = fit_calibration(job, S, data)
