@@ -205,3 +205,26 @@ def test_ensemble_band_covers_the_truth_probability(ray_session, tmp_path):
     coverage = float(np.mean(inside))
     print(f"coverage per training sample {inside}, pooled {coverage:.3f}")
     assert abs(coverage - 0.68) <= COVERAGE_TOLERANCE, inside
+
+
+# -- jets as nodes: the bagging band of the per-jet efficiency -------------------------------------
+def test_jetgraph_bagging_band_vs_pt_eta_and_neighbour_dr(ray_session, tmp_path):
+    from hepray.config import load_job
+
+    job = load_job("jobs/train_jetgraph.yaml", overrides={
+        "output.dir": str(tmp_path), "reference": False, "calibration": "temperature",
+        "dataset.samples": [{"name": n, "files": str(SAMPLE / f"{n}_*.root")} for n in ("ttbar", "qcd", "wqq", "xqq")],
+        "training": {"epochs": 6, "batch_size": 64, "learning_rate": 0.005, "patience": None},
+        "bagging": {"models": 4, "variables": ["reco_pt", "reco_eta", "dr_nn"], "bins": 5}})
+    hepray.run(job, quiet=True)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    b = m["bagging"]
+    assert b["models"] == 4 and set(b["variables"]) == {"reco_pt", "reco_eta", "dr_nn"}
+    for v, band in b["variables"].items():
+        assert band["bins"] == 5 and all(s > 0 for s in band["std"]), v
+        assert (tmp_path / "plots" / f"bagging_probability_{v}.png").stat().st_size > 5000
+    coverage = np.mean([band["coverage"] for band in b["variables"].values()])
+    print("jetgraph coverage per variable", {v: band["coverage"] for v, band in b["variables"].items()})
+    assert abs(coverage - 0.68) <= 0.3  # 15 bins vs the observed pass fraction (with its binomial error)
+    assert m["calibration"]["method"] == "temperature" and m["calibration"]["ece"] < 0.1
+    assert json.loads((tmp_path / "ensemble" / "hepray_model.json").read_text())["members"][3] == "member_003"

@@ -82,11 +82,16 @@ def bar_ranking(values: dict[str, float], path, title: str, xlabel: str) -> Path
 
 
 def band(x: np.ndarray, center: np.ndarray, lo: np.ndarray, hi: np.ndarray, path, xlabel: str, ylabel: str,
-         title: str, label: str = "mean", band_label: str = "±1σ") -> Path:
+         title: str, label: str = "mean", band_label: str = "±1σ",
+         points: tuple[np.ndarray, np.ndarray, str] | None = None) -> Path:
+    """A central value with its band; ``points``: (values, errors, label) drawn over it, e.g.
+    the observed frequency the band is compared with."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.plot(x, center, "o-", label=label)
     ax.fill_between(x, lo, hi, alpha=0.3, label=band_label)
+    if points is not None:
+        ax.errorbar(x, points[0], yerr=points[1], fmt="ks", ms=4, label=points[2])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

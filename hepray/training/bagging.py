@@ -147,3 +147,64 @@ def probability_bands(P: np.ndarray, which: np.ndarray, n_bins: int, w: np.ndarr
             "truth": np.where(ok, target, np.nan).tolist(), "stat_error": np.where(ok, stat, np.nan).tolist(),
             "truth_kind": "known probability" if truth is not None else "observed frequency",
             "coverage": float(inside[ok].mean()) if ok.any() else float("nan"), "bins": int(ok.sum())}
+
+
+def probability_band_plots(P: np.ndarray, variables: dict[str, np.ndarray], spec: BaggingSpec, plot_dir, what: str,
+                           w: np.ndarray | None = None, y: np.ndarray | None = None) -> dict:
+    """:func:`probability_bands` per variable (quantile bins), each as a band plot
+    ``bagging_probability_{variable}.png`` with the observed frequency over it."""
+    from ..report import plots
+
+    out = {}
+    for var, values in variables.items():
+        values = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(values)
+        edges = edges_for(values[ok], spec.bins)
+        which = np.clip(np.digitize(values[ok], edges) - 1, 0, len(edges) - 2)
+        r = probability_bands(P[:, ok], which, len(edges) - 1, None if w is None else w[ok], y=y[ok])
+        out[var] = {"edges": edges.tolist(), **r}
+        c = 0.5 * (edges[1:] + edges[:-1])
+        m, sd = np.asarray(r["mean"]), np.asarray(r["std"])
+        plots.band(c, m, m - sd, m + sd, plot_dir / f"bagging_probability_{var}.png", var, what,
+                   f"{len(P)} bootstrap replicas: coverage {r['coverage']:.2f} of {r['bins']} bins",
+                   band_label="±1σ over replicas", points=(np.asarray(r["truth"]), np.asarray(r["stat_error"]), "observed"))
+    return out
+
+
+def train_replicas(ctx, setup: dict, spec: BaggingSpec, seed: int) -> tuple[list[tuple[dict, dict]], float]:
+    """Train ``spec.models`` replicas in parallel through ``ctx.map_tasks`` (one CPU each).
+
+    ``setup`` is the trainer's usual setup dict with ``"process"`` (its
+    ``process(setup, checkpoints)``, the same function its direct mode runs) and
+    ``"bootstrap"``: a module-level ``bootstrap(setup, seed) -> dict`` giving the setup entries
+    that make one replica (resampled arrays, rows with Poisson weights). Each replica also gets
+    its own ``job.seed`` (initialisation, shuffling). Returns ([(weights as numpy arrays,
+    FitResult dict)] in seed order, wall seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    out = list(ctx.map_tasks(_replica, replica_seeds(seed, spec.models), setup, parallel=True))
+    return out, time.perf_counter() - t0
+
+
+def _replica(seed: int, setup: dict) -> tuple[dict, dict]:
+    import tempfile
+
+    import torch
+
+    from .checkpoints import DirectoryCheckpoints
+
+    s = {**setup, "job": setup["job"].model_copy(update={"seed": seed})}
+    s.update(setup["bootstrap"](s, seed))
+    torch.set_num_threads(1)  # one CPU per task: replicas run side by side
+    with tempfile.TemporaryDirectory(prefix="hepray-replica-") as d:
+        model, res = s["process"](s, DirectoryCheckpoints(d, keep=1))
+    return {k: np.array(v.detach().cpu().numpy()) for k, v in model.state_dict().items()}, res.to_dict()
+
+
+def load_weights(model, weights: dict):
+    """``model`` with a replica's numpy weights loaded (eval mode)."""
+    import torch
+
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    return model.eval()

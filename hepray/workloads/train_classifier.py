@@ -36,7 +36,16 @@ from ..data.loading import iter_columns
 from ..data.shard import Shard
 from ..errors import ConfigError
 from ..models.artifact import save_metadata
-from ..training.bagging import BaggingSpec, edges_for, efficiency_bands, poisson_counts, probability_bands, replica_seeds
+from ..training.bagging import (
+    BaggingSpec,
+    edges_for,
+    efficiency_bands,
+    load_weights,
+    poisson_counts,
+    probability_bands,
+    replica_seeds,
+    train_replicas,
+)
 from .base import Workload
 from .registry import register
 from .train_common import (
@@ -296,22 +305,9 @@ def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, de
     return model, result
 
 
-def _train_replica(seed: int, setup: dict) -> tuple[dict, dict]:
-    """One bagging replica (a ``ctx.map_tasks`` task; the seed is its item): the same training
-    in one process and one thread, on Poisson-bootstrapped training rows, with its own seed.
-    Returns (weights as numpy arrays, FitResult dict)."""
-    import tempfile
-
-    import torch
-
-    from ..training import DirectoryCheckpoints
-
-    job = setup["job"].model_copy(update={"seed": seed})
-    rows = dataclasses.replace(setup["rows"], job=job, bootstrap_seed=seed)
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="hepray-replica-") as d:
-        model, res = train_process({**setup, "job": job, "rows": rows}, DirectoryCheckpoints(d, keep=1))
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, res.to_dict()
+def bootstrap_rows(setup: dict, seed: int) -> dict:
+    """A bagging replica's rows: the training rows weighted by Poisson(1) counts of ``seed``."""
+    return {"rows": dataclasses.replace(setup["rows"], job=setup["job"], bootstrap_seed=seed)}
 
 
 def _ray_worker(setup: dict):
@@ -478,23 +474,19 @@ class TrainClassifier(Workload):
         """N bootstrap replicas in parallel (``ctx.map_tasks``, one CPU each); the ensemble's
         evaluation (``plots/ensemble/``), efficiency bands vs ``bagging.variables``, probability
         bands with their coverage, and the replicas as an ensemble model folder (``ensemble/``)."""
-        import torch
-
         from ..models.artifact import save_ensemble
         from ..report import metrics
 
         job: TrainClassifierConfig = self.job
         bag = job.bagging
         seeds = replica_seeds(job.seed, bag.models)
-        t0 = time.perf_counter()
-        replicas = list(ctx.map_tasks(_train_replica, seeds, setup, parallel=True))
-        seconds = time.perf_counter() - t0
+        replicas, seconds = train_replicas(ctx, {**setup, "process": train_process, "bootstrap": bootstrap_rows},
+                                           bag, job.seed)
         ctx.log(f"bagging: {bag.models} replicas in {seconds:.1f}s")
         rows = data.test | data.val
         members, temps = [], []
         for weights, _ in replicas:
-            net = build_networks(job, len(job.features), setup["n_outputs"])
-            net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+            net = load_weights(build_networks(job, len(job.features), setup["n_outputs"]), weights)
             S = np.full((len(data.y), setup["n_outputs"]), np.nan, dtype=np.float32)
             S[rows] = evaluator.with_model(net).scores(data.X[rows])
             T = fit_calibration(job, S, data)
