@@ -228,3 +228,22 @@ def test_jetgraph_bagging_band_vs_pt_eta_and_neighbour_dr(ray_session, tmp_path)
     assert abs(coverage - 0.68) <= 0.3  # 15 bins vs the observed pass fraction (with its binomial error)
     assert m["calibration"]["method"] == "temperature" and m["calibration"]["ece"] < 0.1
     assert json.loads((tmp_path / "ensemble" / "hepray_model.json").read_text())["members"][3] == "member_003"
+
+
+# -- ParticleNet: bagged efficiency band, an ensemble infer_gnn scores -----------------------------
+def test_gnn_bagging_band_and_ensemble_through_infer_gnn(ray_session, tmp_path):
+    from tests.test_gnn import gnn_job
+
+    out = tmp_path / "gnn"
+    hepray.run(gnn_job(out, training={"epochs": 1, "batch_size": 64, "learning_rate": 0.005, "patience": None},
+                       bagging={"models": 2, "variables": ["reco_pt"], "bins": 4}), quiet=True)
+    m = json.loads((out / "metrics.json").read_text())
+    band = m["bagging"]["variables"]["reco_pt"]["signal_efficiency"]
+    assert len(band["mean"]) == 4 and all(0 < v < 1 for v in band["mean"]) and any(s > 0 for s in band["std"])
+    assert "ece" in m["calibration"] and (out / "plots" / "bagging_signal_efficiency_reco_pt.png").exists()
+    job = {"kind": "infer_gnn", "name": "ig", "output": {"dir": str(tmp_path / "ig")},
+           "dataset": {"files": str(SAMPLE / "ttbar_*.root"), "tree": "jets", "cut": "reco_ok == 1"},
+           "model": {"path": str(out / "ensemble")}}
+    hepray.run(job, quiet=True)
+    t = uproot.concatenate(glob.glob(str(tmp_path / "ig" / "parts" / "*.root")), library="np")
+    assert t["score_std"].mean() > 1e-3 and 0.5 < t["score_mean"].mean() < 1  # top jets: mostly top-like

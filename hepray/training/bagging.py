@@ -101,14 +101,19 @@ def efficiency_bands(scores: np.ndarray, nominal: np.ndarray, y: np.ndarray, var
         entry: dict = {"edges": edges.tolist()}
         for cls, name in ((1, "signal_efficiency"), (0, "background_efficiency")):
             eff = binned_efficiency(scores, thr, y == cls, which, len(centers), w)
+            nom = binned_efficiency(nominal[None], thr, y == cls, which, len(centers), w)[0]
             with np.errstate(invalid="ignore"):
                 import warnings
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # all-nan (empty) bins stay nan
                     mean, std = np.nanmean(eff, 0), np.nanstd(eff, 0)
+            ok = np.isfinite(mean) & np.isfinite(nom)
+            # the nominal model (trained on the whole sample: one more draw of the training) on
+            # the same test events, so their statistical noise is common: inside mean ± spread?
             entry[name] = {"mean": mean.tolist(), "std": std.tolist(),
-                           "relative_std": (std / np.where(mean > 0, mean, np.nan)).tolist()}
+                           "relative_std": (std / np.where(mean > 0, mean, np.nan)).tolist(), "nominal": nom.tolist(),
+                           "nominal_coverage": float(np.mean(np.abs(nom[ok] - mean[ok]) <= std[ok])) if ok.any() else None}
             plots.band(centers, mean, mean - std, mean + std, plot_dir / f"bagging_{name}_{var}.png", var,
                        name.replace("_", " "), f"{len(scores)} bootstrap {model_name}s at the nominal "
                        f"{spec.working_point:.0%} WP", band_label="±1σ over bootstrap replicas")

@@ -147,7 +147,7 @@ class TrainBDT(Workload):
         self._save(ctx, booster, data, classes, result, [s.shard_id for s in plan])
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50") if k in result},
-                "trees": result["trees"], "mode": mode, "model": str(ctx.run_dir / "model"),
+                "trees": result["trees"], "mode": mode, "ece": result["calibration"]["ece"], "model": str(ctx.run_dir / "model"),
                 "seconds_train": result["seconds_train"], "seconds_load": result["seconds_load"],
                 "seconds_evaluate": result["seconds_evaluate"]}
 

@@ -426,7 +426,8 @@ class TrainClassifier(Workload):
         ctx.log("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
         summary = {"events_in": plan.events, "mode": mode, "model": str(ctx.store.path("model")),
                    **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
-                   "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"]}
+                   "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"],
+                   "ece": result["calibration"]["ece"]}
         if job.bagging.models:
             summary["ensemble"] = result["bagging"].get("ensemble")
             summary["ensemble_auc"] = result["bagging"]["auc"]

@@ -239,7 +239,9 @@ class TrainJetGraph(Workload):
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, "model": str(ctx.run_dir / "model"),
                 **{f"{k}_log_loss": v["log_loss"] for k, v in cmp.items()},
-                **{f"{k}_auc": v["auc"] for k, v in cmp.items()}}
+                **{f"{k}_auc": v["auc"] for k, v in cmp.items()}, "ece": result["calibration"]["ece"],
+                **({"bagging_coverage": float(np.mean([b["coverage"] for b in result["bagging"]["variables"].values()]))}
+                   if "bagging" in result else {})}
 
     def _bagging(self, ctx, common: dict, graphs: dict, slots, data, test, pre: dict, result: dict) -> dict:
         """N graph networks on bootstrap resamples of the training events, in parallel
