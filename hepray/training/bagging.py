@@ -17,6 +17,7 @@ band plots.
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -33,6 +34,8 @@ class BaggingSpec(Spec):
     bins: list[float] | int = 8  # an integer: quantile bins of the signal test events
     working_point: float = Field(0.5, gt=0, lt=1)  # signal efficiency of the nominal model's cut
     save: bool = True  # write the replicas as an ensemble model folder (<run>/ensemble)
+    # false: replicas one after another in the driver (a serial baseline, debugging)
+    parallel: bool = True
 
     @model_validator(mode="after")
     def _check(self):
@@ -102,12 +105,9 @@ def efficiency_bands(scores: np.ndarray, nominal: np.ndarray, y: np.ndarray, var
         for cls, name in ((1, "signal_efficiency"), (0, "background_efficiency")):
             eff = binned_efficiency(scores, thr, y == cls, which, len(centers), w)
             nom = binned_efficiency(nominal[None], thr, y == cls, which, len(centers), w)[0]
-            with np.errstate(invalid="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-nan (empty) bins stay nan
-                    mean, std = np.nanmean(eff, 0), np.nanstd(eff, 0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-nan (empty) bins stay nan
+                mean, std = np.nanmean(eff, 0), np.nanstd(eff, 0)
             ok = np.isfinite(mean) & np.isfinite(nom)
             # the nominal model (trained on the whole sample: one more draw of the training) on
             # the same test events, so their statistical noise is common: inside mean ± spread?
@@ -187,8 +187,14 @@ def train_replicas(ctx, setup: dict, spec: BaggingSpec, seed: int) -> tuple[list
     FitResult dict)] in seed order, wall seconds)."""
     import time
 
+    import torch
+
+    threads = torch.get_num_threads()  # a replica run in this process sets one thread
     t0 = time.perf_counter()
-    out = list(ctx.map_tasks(_replica, replica_seeds(seed, spec.models), setup, parallel=True))
+    try:
+        out = list(ctx.map_tasks(_replica, replica_seeds(seed, spec.models), setup, parallel=spec.parallel))
+    finally:
+        torch.set_num_threads(threads)
     return out, time.perf_counter() - t0
 
 

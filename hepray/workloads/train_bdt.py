@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import Spec
 from ..extras import import_xgboost
 from ..models.artifact import save_metadata
 from ..report import plots
@@ -264,7 +263,7 @@ class TrainBDT(Workload):
         tr, t = data.train, data.test
         t0 = time.perf_counter()
         replicas = list(ctx.map_tasks(_bag_one, replica_seeds(job.seed, bag.models), data.X[tr], data.y[tr], data.w[tr],
-                                      params, booster.num_boosted_rounds(), data.X[t], parallel=True))
+                                      params, booster.num_boosted_rounds(), data.X[t], parallel=bag.parallel))
         seconds = time.perf_counter() - t0
         scores = np.stack([r[0] for r in replicas])  # (models, n_test)
         variables = {v: np.asarray(data.cols[v])[t] for v in bag.variables}
