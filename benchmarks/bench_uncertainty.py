@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_flat
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,28 @@ def job(out: Path, epochs: int, **extra) -> dict:
             "attribution": {"events": 0}, "export": {"torchscript": False, "onnx": False}, **extra}
 
 
+def bagging_timing(hepray, root: Path, base: dict, models: int, variable: str, what: str) -> dict:
+    """Wall seconds of the replicas stage, in parallel Ray tasks vs one after another in the
+    driver (``bagging.parallel: false``), same job otherwise."""
+    from hepray.engine.runtime import cluster_cpus
+
+    seconds = {}
+    for parallel in (True, False):
+        out = root / ("parallel" if parallel else "serial")
+        hepray.run({**base, "output": {"dir": str(out)}, "bagging": {"models": models, "parallel": parallel, "save": False,
+                                                                      "variables": [variable], "bins": 6}},
+                   quiet=True, overwrite=True)
+        m = json.loads((out / "metrics.json").read_text())
+        seconds[parallel] = m["bagging"]["seconds"]
+        nominal = m["seconds"]["train"]
+    cpus = cluster_cpus()
+    return {"data": what, "models": models, "ray_cpus": cpus, "replicas_parallel_s": seconds[True],
+            "replicas_serial_s": seconds[False], "nominal_training_s": nominal,
+            "speedup": round(seconds[False] / seconds[True], 2),
+            "parallel_efficiency": round(seconds[False] / seconds[True] / min(cpus, models), 2),
+            "loadavg_1min": round(os.getloadavg()[0], 2)}
+
+
 def events_per_s(predict, X: np.ndarray, repeats: int = 3) -> float:
     predict(X[:1000])  # warm
     best = np.inf
@@ -59,10 +82,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--passes", type=int, default=20)
+    ap.add_argument("--flat-events", type=int, default=300_000)
+    ap.add_argument("--flat-epochs", type=int, default=3)
     a = ap.parse_args()
 
     import hepray
-    from hepray.engine.runtime import cluster_cpus
     from hepray.models.predict import ModelBundle
 
     out: dict = {"cores": os.cpu_count()}
@@ -74,19 +98,17 @@ def main() -> None:
                            bagging={"models": a.models, "variables": ["reco_pt", "reco_mass"], "bins": 6}), quiet=True)
         wall = time.perf_counter() - t0
         m = json.loads((run / "metrics.json").read_text())
-        bag = m["bagging"]["seconds"]
-        # the same 8 replicas one after another in the driver (bagging.parallel: false)
-        serial_run = tmp / "serial"
-        hepray.run(job(serial_run, a.epochs, bagging={"models": a.models, "parallel": False, "save": False,
-                                                      "variables": ["reco_pt"], "bins": 6}), quiet=True)
-        sm = json.loads((serial_run / "metrics.json").read_text())
-        serial = sm["bagging"]["seconds"]
-        cpus = cluster_cpus()
-        out["bagging"] = {"models": a.models, "ray_cpus": cpus, "replicas_parallel_s": bag,
-                          "replicas_serial_s": serial, "nominal_training_s": m["seconds"]["train"],
-                          "speedup": round(serial / bag, 2),
-                          "parallel_efficiency": round(serial / bag / min(cpus, a.models), 2),
-                          "job_wall_s": round(wall, 1), "loadavg_1min": os.getloadavg()[0]}
+        out["bagging_small"] = bagging_timing(hepray, tmp / "small", job(tmp / "x", a.epochs), a.models, "reco_pt",
+                                              "committed sample (3000 jets)")
+        out["bagging_small"]["job_wall_s"] = round(wall, 1)
+        flat = tmp / "flat.root"
+        write_flat(flat, a.flat_events, n_branches=16)
+        big = {"kind": "train_classifier", "name": "flat", "dataset": {"files": str(flat), "tree": "Events"},
+               "label": "label", "features": [f"x{i}" for i in range(16)], "mode": "direct", "seed": 1,
+               "model": {"hidden": [32, 32]}, "training": {"epochs": a.flat_epochs, "batch_size": 512, "patience": None},
+               "attribution": {"events": 0}, "export": {"torchscript": False, "onnx": False}}
+        out["bagging"] = bagging_timing(hepray, tmp / "big", big, a.models, "x0",
+                                        f"{a.flat_events} flat events x 16 features, {a.flat_epochs} epochs")
         cal = m["calibration"]
         out["calibration"] = {"temperature": cal["temperature"], "ece_before": cal["uncalibrated"]["ece"],
                               "ece_after": cal["ece"], "brier_before": cal["uncalibrated"]["brier"],
@@ -110,6 +132,7 @@ def main() -> None:
         plain = ModelBundle.read(run / "model")
         rates = {"one_model": events_per_s(plain.load(1), X),
                  f"ensemble_{a.models}": events_per_s(ModelBundle.read(run / "ensemble").load(1), X),
+                 "one_pass_dropout_on": events_per_s(plain.with_uncertainty(mc_dropout=1).load(1), X),
                  f"mc_dropout_{a.passes}": events_per_s(plain.with_uncertainty(mc_dropout=a.passes).load(1), X),
                  f"bnn_{a.passes}": events_per_s(ModelBundle.read(bnn_run / "model").load(1), X)}
         out["inference_events_per_s"] = {k: round(v) for k, v in rates.items()}

@@ -27,7 +27,7 @@ from ..report.metrics import apply_temperature
 from .artifact import read_model
 
 
-MC_ROWS = 65536  # rows (events x passes) per forward pass of the stochastic predictors
+MC_ROWS = 262144  # rows (events x passes) per forward pass of the stochastic predictors
 
 
 @dataclasses.dataclass
