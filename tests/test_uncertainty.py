@@ -130,6 +130,10 @@ def test_mc_dropout_and_refusals(bagged, tmp_path):
 
     with pytest.raises(ModelLoadError, match="FPGA stage compiles one model"):
         Artifact.read(out / "ensemble")
+    fpga = {"kind": "fpga", "name": "f", "output": {"dir": str(tmp_path / "f")}, "model": {"path": str(out / "ensemble")},
+            "dataset": {"files": str(SAMPLE / "qcd_*.root"), "tree": "jets"}}
+    with pytest.raises(ConfigError, match="model.path: .*ensemble .*give one member folder"):
+        hepray.run(fpga, quiet=True)
     from hepray.dask import Model
 
     assert Model.of(out / "ensemble").names == ("score_mean", "score_std")
