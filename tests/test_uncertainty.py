@@ -176,18 +176,18 @@ def _toy_file(path, n, seed):
                          "y": (r.random(n) < p).astype(np.int32)})
 
 
-COVERAGE_TOLERANCE = 0.23  # 30 bins from 3 training samples; bins of one sample are correlated
+COVERAGE_TOLERANCE = 0.25  # 40 bins from 4 training samples; bins of one sample are correlated
 
 
 def test_ensemble_band_covers_the_truth_probability(ray_session, tmp_path):
-    """Three independent training samples of 2000 toy events, each bagged into 6 replicas; on an
+    """Four independent training samples of 2000 toy events, each bagged into 6 replicas; on an
     independent test sample, in 10 quantile bins of x1 each, the fraction of bins whose truth
     (mean known probability) lies inside ensemble mean ± replica spread is 68 % within
-    COVERAGE_TOLERANCE (measured 0.4, 0.9, 0.7 per sample at 8 replicas: one sample's bins move
-    together, which is why several samples are pooled)."""
-    _toy_file(tmp_path / "test.root", 20000, 2)
+    COVERAGE_TOLERANCE (measured per sample 0.4-0.9, pooled over three 0.50 and 0.67 in two runs:
+    one sample's bins move together, which is why several samples are pooled)."""
+    _toy_file(tmp_path / "test.root", 10000, 2)
     inside = []
-    for k, seed in enumerate((11, 12, 13)):
+    for k, seed in enumerate((11, 12, 13, 14)):
         _toy_file(tmp_path / f"train{k}.root", 2000, seed)
         run = tmp_path / f"run{k}"
         hepray.run({"kind": "train_classifier", "name": "toy", "output": {"dir": str(run)},
