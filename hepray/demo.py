@@ -31,6 +31,10 @@ STEPS: list[tuple[str, str, dict]] = [
     ("train_gnn", "jobs/train_gnn.yaml", {}),
     ("infer_gnn", "jobs/infer_gnn.yaml", {}),
     ("train_jetgraph", "jobs/train_jetgraph.yaml", {}),
+    # predictive uncertainty (docs/uncertainty.md): bagging bands, calibration, ensemble inference
+    ("uncertainty_jetgraph", "jobs/uncertainty_jetgraph.yaml", {}),
+    ("uncertainty_classifier", "jobs/uncertainty_classifier.yaml", {}),
+    ("infer_ensemble", "jobs/infer_ensemble.yaml", {}),
     ("train_flashsim", "jobs/train_flashsim.yaml", {}),
     ("flashsim", "jobs/flashsim.yaml", {}),
     ("generate_dq", "jobs/generate_dq.yaml", {}),
@@ -65,7 +69,7 @@ def plot_dimuon(run_dir) -> Path:
 # summary keys worth a glance, printed when a step returns them
 SHOW = ("events_in", "events_out", "shards", "plot", "auc", "rejection_at_30", "accuracy", "mode", "two_sample_auc",
         "lumi_auc", "flagged", "lumi_found", "lumi_good_flagged", "decision_agreement", "chosen_precision", "auc_drop",
-        "significance_expected", "mu_up_expected")
+        "significance_expected", "mu_up_expected", "ece", "ensemble_auc", "bagging_coverage")
 
 
 def run_demo(workers: int | None = None, steps: list[str] | None = None, root: str | Path = ".") -> dict:

@@ -46,10 +46,18 @@ def test_top_vs_qcd_auc_floor_and_outputs(direct):
     assert set(m["importance_shap"]) == set(FEATURES)
     assert m["shap"] == {"events": 500, "method": "approximate"}  # the default method, on the asked sample
     assert max(m["importance_shap"], key=m["importance_shap"].get) in {"reco_mass", "reco_tau32", "reco_tau3", "reco_tau2", "reco_tau1"}
-    for plot in ("roc.png", "scores.png", "importance_gain.png", "importance_shap.png", "bagging_signal_efficiency.png"):
+    for plot in ("roc.png", "scores.png", "importance_gain.png", "importance_shap.png", "bagging_signal_efficiency_reco_pt.png",
+                 "reliability.png"):
         assert (out / "plots" / plot).stat().st_size > 5000
-    band = m["bagging"]["signal_efficiency"]
+    band = m["bagging"]["variables"]["reco_pt"]["signal_efficiency"]
     assert len(band["mean"]) == 4 and all(0 < v < 1 for v in band["mean"]) and any(v > 0 for v in band["std"])
+    # calibration in the evaluation: ECE, Brier and the reliability bins, checked independently
+    cal = m["calibration"]
+    assert 0 <= cal["ece"] < 0.2 and 0 < cal["brier"] < 0.25 and sum(cal["reliability"]["counts"]) == m["n_test"]
+    # the replicas are an ensemble model folder: its members load as ordinary models
+    emeta = json.loads((out / "ensemble" / "hepray_model.json").read_text())
+    assert emeta["type"] == "ensemble" and emeta["members"] == ["member_000", "member_001", "member_002"]
+    assert emeta["features"] == FEATURES
     meta = json.loads((out / "model" / "hepray_model.json").read_text())
     assert meta["features"] == FEATURES and meta["type"] == "xgboost" and len(meta["dataset_fingerprint"]) == 40
     # the test events' scores, keyed by event identity, for paired comparisons between models

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from ..extras import import_xgboost
-from ..models.artifact import read_model, save_metadata
+from ..models.artifact import load_metadata, read_model, save_metadata
 
 
 @dataclasses.dataclass
@@ -31,6 +31,9 @@ class Artifact:
 
     @classmethod
     def read(cls, path: str | Path) -> Artifact:
+        if load_metadata(path)["type"] == "ensemble":  # one firmware block compiles one network
+            raise ModelLoadError(str(path), "an ensemble (bagging replicas): the FPGA stage compiles one model; "
+                                 "give one member folder (e.g. member_000) as model.path")
         meta, _, raw = read_model(path)
         return cls(str(path), meta, raw)
 

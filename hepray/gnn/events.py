@@ -120,3 +120,21 @@ def per_jet_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -
     log_loss = -np.average(y * np.log(p) + (1 - y) * np.log1p(-p), weights=w)
     return {"log_loss": float(log_loss), "brier": float(np.average((p - y) ** 2, weights=w)), "auc": auc(y, p, w),
             "jets": int(len(y))}
+
+
+def nearest_neighbour_dr(eta: np.ndarray, phi: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Per jet [n]: ΔR to the nearest other jet of its event graph (``slots`` from
+    :func:`event_slots`); nan for a jet alone in its event or in no slot.
+
+    >>> nearest_neighbour_dr(np.array([0.0, 0.3, 1.0]), np.zeros(3), np.array([[0, 1], [2, -1]])).round(2).tolist()
+    [0.3, 0.3, nan]
+    """
+    e, p, used = gather(eta, slots, np.nan), gather(phi, slots, np.nan), slots >= 0
+    dphi = np.mod(p[:, :, None] - p[:, None, :] + np.pi, 2 * np.pi) - np.pi
+    dr = np.sqrt((e[:, :, None] - e[:, None, :]) ** 2 + dphi**2)
+    n_slots = slots.shape[1]
+    dr[:, np.arange(n_slots), np.arange(n_slots)] = np.inf
+    dr[~(used[:, :, None] & used[:, None, :])] = np.inf
+    nn = dr.min(axis=2)
+    nn[~np.isfinite(nn)] = np.nan
+    return scatter_back(nn, slots, len(eta))

@@ -46,17 +46,19 @@ class Model:
 
     @classmethod
     def of(cls, model: str | os.PathLike | ModelBundle | Model, features: list[str] | None = None,
-           output: str = "score", nthread: int = 1) -> Model:
+           output: str = "score", nthread: int = 1, mc_dropout: int = 0, members: bool = False) -> Model:
         if isinstance(model, Model):
             return model
         bundle = model if isinstance(model, ModelBundle) else ModelBundle.read(model)
+        if mc_dropout or members:
+            bundle = bundle.with_uncertainty(mc_dropout, members)
         if (bundle.meta.get("inputs") or {}).get("arguments"):
             raise ConfigError("hepray.dask", "model", f"{bundle.path}: a GNN on jet constituents; hepray.dask "
                               "scores flat-feature models (BDT, classifier, anomaly): use kind: infer for GNNs")
         feats = list(features or bundle.features or [])
         if not feats:
             raise ConfigError("hepray.dask", "features", "the model stores no feature list: pass features=[...]")
-        key = hashlib.sha1(bundle.raw).hexdigest()
+        key = hashlib.sha1(bundle.raw + f"|{bundle.mc_dropout}|{bundle.with_members}".encode()).hexdigest()
         return cls(bundle, tuple(feats), tuple(bundle.output_names(output)), max(1, int(nthread)), key)
 
     def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -115,7 +117,7 @@ def _check_columns(have, needed) -> None:
 
 
 def score(collection, model: str | os.PathLike | ModelBundle | Model, *, features: list[str] | None = None,
-          output: str = "score", append: bool = True, nthread: int = 1):
+          output: str = "score", append: bool = True, nthread: int = 1, mc_dropout: int = 0, members: bool = False):
     """Score every row of a Dask collection with a hepray model (lazy: returns a collection).
 
     ``collection``: a ``dask.dataframe.DataFrame`` (returns it with ``score`` columns appended,
@@ -123,9 +125,12 @@ def score(collection, model: str | os.PathLike | ModelBundle | Model, *, feature
     ``uproot.dask(...)`` gives (returns a record array of the score fields). ``model``: a model
     folder (any type ``ModelBundle`` loads: xgboost, torch) or a loaded bundle. ``features``
     default to the model's. ``nthread``: math threads per task (Dask already runs one task per
-    worker thread, so 1 is right unless workers have spare cores).
+    worker thread, so 1 is right unless workers have spare cores). An ensemble model folder, a
+    ``bnn`` or ``mc_dropout=N`` (N stochastic passes of a torch network with dropout) give
+    ``<output>_mean`` and ``<output>_std`` per class instead (``members=True``: an ensemble's
+    member scores too), as ``kind: infer`` writes them.
     """
-    m = Model.of(model, features, output, nthread)
+    m = Model.of(model, features, output, nthread, mc_dropout, members)
     if type(collection).__module__.startswith("dask_awkward"):
         return _score_awkward(collection, m)
     _check_columns(collection.columns, m.features)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 _BUILDERS = {
     "mlp": ("hepray.models.mlp", "MLP"),
+    "bnn": ("hepray.models.bnn", "BayesianMLP"),
     "particlenet": ("hepray.models.particlenet", "ParticleNet"),
     "jetgraph": ("hepray.models.jetgraph", "JetGraphNet"),
     "autoencoder": ("hepray.models.autoencoder", "AutoEncoder"),

@@ -174,11 +174,16 @@ def bar_ranking(values: dict[str, float], path, title: str, xlabel: str) -> Path
 
 
 def band(x: np.ndarray, center: np.ndarray, lo: np.ndarray, hi: np.ndarray, path, xlabel: str, ylabel: str,
-         title: str, label: str = "mean", band_label: str = "±1σ") -> Path:
+         title: str, label: str = "mean", band_label: str = "±1σ",
+         points: tuple[np.ndarray, np.ndarray, str] | None = None) -> Path:
+    """A central value with its band; ``points``: (values, errors, label) drawn over it, e.g.
+    the observed frequency the band is compared with."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.plot(x, center, "o-", label=label)
     ax.fill_between(x, lo, hi, alpha=0.3, label=band_label)
+    if points is not None:
+        ax.errorbar(x, points[0], yerr=points[1], fmt="ks", ms=4, label=points[2])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -260,4 +265,28 @@ def variation(tab: dict, edges: np.ndarray, process: str, syst: str, path, xlabe
     ax.set_ylabel("events / bin")
     ax.set_title(f"{process}: {syst}")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def reliability_diagram(curves: dict[str, dict], path, title: str = "reliability") -> Path:
+    """``curves``: label -> ``metrics.reliability`` dict (with ``ece``). Observed frequency
+    against predicted probability per bin; the diagonal is perfect calibration; the lower
+    panel shows how many events each bin holds."""
+    plt = _plt()
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+    for label, r in curves.items():
+        pred, obs = np.asarray(r["predicted"], float), np.asarray(r["observed"], float)
+        ok = np.isfinite(pred) & np.isfinite(obs)
+        ece = r.get("ece")
+        line = ax.plot(pred[ok], obs[ok], "o-", ms=4, label=label + (f" (ECE {ece:.3f})" if ece is not None else ""))
+        edges = np.asarray(r["edges"])
+        axn.stairs(np.asarray(r["counts"]), edges, color=line[0].get_color())
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    axn.set_yscale("log")
+    axn.set_xlabel("predicted probability")
+    axn.set_ylabel("events")
     return _save(fig, path)

@@ -61,8 +61,13 @@ class Evaluator:
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
     def scores(self, X: np.ndarray, batch: int = 65536) -> np.ndarray:
-        """[n, K] probabilities (K = 1 for binary) of raw features ``X``."""
-        return self._map(self.module(standardize=False), X, batch)
+        """[n, K] probabilities (K = 1 for binary) of raw features ``X``; a stochastic network
+        (``bnn``): the mean over its ``predict_samples`` passes, as ``kind: infer`` predicts."""
+        module = self.module(standardize=False)
+        if not getattr(self.classifier, "stochastic", False):
+            return self._map(module, X, batch)
+        n = int(self.classifier.arch.get("predict_samples", 20))
+        return np.mean([self._map(module, X, batch) for _ in range(n)], axis=0)
 
     def penultimate(self, X: np.ndarray, batch: int = 65536) -> np.ndarray:
         return self._map(self.classifier.penultimate, X, batch)

@@ -55,6 +55,20 @@ class Classification:
                 "weight": float(w.sum())}
 
 
+class Variational(Classification):
+    """Bayes by Backprop: the classification loss plus ``KL(q || p) / n_train`` (the negative
+    ELBO per training event) for networks with a ``kl()`` term (``hepray.models.bnn``);
+    ``validate`` reports the data term only, which early stopping watches."""
+
+    def __init__(self, n_train: int, inputs: Sequence[str] = ("x",)):
+        super().__init__(inputs)
+        self.n_train = max(1, int(n_train))
+
+    def __call__(self, model, batch: dict):
+        net = getattr(model, "module", model)  # DDP wraps the network
+        return self.loss(model, batch)[0] + net.kl() / self.n_train
+
+
 class SystematicAware(Classification):
     """L = L_C + λ·Λ, Λ = Σ over variations and score columns of ``shape_penalty`` between the
     nominal and the varied inputs' score distributions (soft histograms, so Λ has gradients).

@@ -233,6 +233,11 @@ class FPGA(Workload):
         from ..fpga.estimate import latency_and_resources
 
         job: FPGAConfig = self.job
+        from ..models.artifact import load_metadata
+
+        if load_metadata(job.resolve(job.model.path))["type"] == "ensemble":
+            raise ConfigError(job.source, "model.path", f"{job.model.path} is an ensemble (bagging replicas); the FPGA "
+                              "stage compiles one model: give one member folder (e.g. member_000)")
         art = Artifact.read(job.resolve(job.model.path))
         features = art.features
         if not features:

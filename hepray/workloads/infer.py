@@ -14,12 +14,36 @@ from .base import PartData, ShardProcessor, Workload
 from .registry import register
 
 
+class UncertaintySpec(Spec):
+    """Predict with an uncertainty: ``<output>_mean`` and ``<output>_std`` per class. An
+    ensemble (bagging) or a ``bnn`` always does; ``mc_dropout: N`` makes a torch network with
+    dropout layers do it from N stochastic passes (batched: ~N x one pass)."""
+
+    mc_dropout: int = Field(0, ge=0)
+    samples: int | None = Field(None, gt=0)  # passes of a bnn (default: the number stored with it)
+    members: bool = False  # an ensemble: also each member's scores (<output>_m0, _m1, ...)
+
+
+def with_uncertainty(bundle: ModelBundle, spec: UncertaintySpec | None, source: str) -> ModelBundle:
+    """``bundle`` predicting as ``model.uncertainty`` asks; a request it cannot serve is a
+    one-line error naming the field."""
+    from ..errors import ModelLoadError
+
+    if spec is None:
+        return bundle
+    try:
+        return bundle.with_uncertainty(spec.mc_dropout, spec.members, spec.samples)
+    except ModelLoadError as exc:
+        raise ConfigError(source, "model.uncertainty", f"{exc.path}: {exc.problem}") from None
+
+
 class ModelRef(Spec):
     path: str
     features: list[str] | None = None  # default: the features stored with the model
     feature_map: dict[str, str] = {}  # stored feature name -> the column to feed it (renamed inputs)
     output: str = "score"
     batch_size: int = Field(1_000_000, gt=0)
+    uncertainty: UncertaintySpec | None = None
 
 
 class InferConfig(JobConfig):
@@ -104,7 +128,7 @@ class Infer(Workload):
 
     def run(self, ctx) -> dict:
         job = self.job
-        bundle = ModelBundle.read(job.resolve(job.model.path))
+        bundle = with_uncertainty(ModelBundle.read(job.resolve(job.model.path)), job.model.uncertainty, job.source)
         features = self.features(bundle)
         plan = ctx.plan(job.dataset, extra=features + list(job.keep), flat=features)
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events")

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..gnn.inputs import Constituents
 from ..models.predict import ModelBundle
 from .base import PartData, ShardProcessor, Workload
+from .infer import UncertaintySpec, with_uncertainty
 from .registry import register
 
 
@@ -25,6 +26,7 @@ class GNNModelRef(Spec):
     path: str
     output: str = "score"
     batch_size: int = Field(1024, gt=0)  # jets per forward pass (memory ~ batch x length x channels)
+    uncertainty: UncertaintySpec | None = None  # as for kind: infer (mean and std per class)
 
 
 class InferGNNConfig(JobConfig):
@@ -82,7 +84,7 @@ class InferGNN(Workload):
 
     def run(self, ctx) -> dict:
         job: InferGNNConfig = self.job
-        bundle = self._bundle()
+        bundle = with_uncertainty(self._bundle(), job.model.uncertainty, job.source)
         constituents = gnn_constituents(bundle, job.source)
         dataset = self.dataset()
         plan = ctx.plan(dataset, extra=constituents.columns() + list(job.keep))

@@ -19,17 +19,19 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import Spec
 from ..extras import import_xgboost
 from ..models.artifact import save_metadata
 from ..report import plots
+from ..training.bagging import BaggingSpec, bootstrap_indices, efficiency_bands, replica_seeds
 from .base import Workload
 from .registry import register
 from .train_common import (
     TEST_SCORES,
     Data,
     TrainJob,
+    calibration_meta,
     class_names,
+    fit_calibration,
     load_training_data,
     score_report,
     shard_rows,
@@ -39,13 +41,6 @@ from .train_common import (
 SAFE_PARAMS = {"max_depth", "eta", "learning_rate", "subsample", "colsample_bytree", "colsample_bylevel",
                "min_child_weight", "lambda", "alpha", "gamma", "max_bin", "max_leaves", "grow_policy",
                "scale_pos_weight", "max_delta_step", "tree_method"}
-
-
-class BaggingSpec(Spec):
-    models: int = Field(0, ge=0)  # 0: no bagging
-    variable: str | None = None  # efficiency is plotted against this column (e.g. pt)
-    bins: list[float] | int = 8
-    working_point: float = Field(0.5, gt=0, lt=1)  # signal efficiency of the nominal model
 
 
 class TrainBDTConfig(TrainJob):
@@ -93,13 +88,13 @@ def _fit(params, dtrain, dval, rounds, early):
 
 
 def _bag_one(seed, X, y, w, params, rounds, X_test):
-    """One bootstrap member (a map_tasks task: the seed is its item)."""
+    """One bootstrap replica (a map_tasks task: the seed is its item): its test scores and the
+    booster as JSON bytes (the ensemble member)."""
     xgb = import_xgboost()
 
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), len(y))
+    idx = bootstrap_indices(len(y), seed)
     b = xgb.train({**params, "nthread": 1, "seed": seed}, xgb.QuantileDMatrix(X[idx], y[idx], weight=w[idx]), rounds)
-    return b.inplace_predict(X_test)
+    return b.inplace_predict(X_test), bytes(b.save_raw("json"))
 
 
 @register("train_bdt")
@@ -117,7 +112,7 @@ class TrainBDT(Workload):
         job: TrainBDTConfig = self.job
         if ctx.on_cluster():
             ctx.join()  # join it now; a local instance starts only if the job needs one
-        extra = [job.bagging.variable] if job.bagging.variable else []
+        extra = list(job.bagging.variables)
         plan = ctx.plan(job.dataset)
         mode = self._choose_mode(ctx, plan.events, len(job.features))
         ctx.log(f"plan: {plan.files} files, {plan.shards} shards, {plan.events} events; mode: {mode}")
@@ -147,11 +142,11 @@ class TrainBDT(Workload):
         result.update(mode=mode, seconds_train=round(fit_s, 3), seconds_evaluate=round(time.perf_counter() - t1, 3),
                       seconds_load=None if load_s is None else round(load_s, 3), trees=booster.num_boosted_rounds())
         if job.bagging.models and data.n_classes == 2:
-            result["bagging"] = self._bagging(ctx, booster, data)
+            result["bagging"] = self._bagging(ctx, booster, data, classes, [s.shard_id for s in plan])
         self._save(ctx, booster, data, classes, result, [s.shard_id for s in plan])
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50") if k in result},
-                "trees": result["trees"], "mode": mode, "model": str(ctx.run_dir / "model"),
+                "trees": result["trees"], "mode": mode, "ece": result["calibration"]["ece"], "model": str(ctx.run_dir / "model"),
                 "seconds_train": result["seconds_train"], "seconds_load": result["seconds_load"],
                 "seconds_evaluate": result["seconds_evaluate"]}
 
@@ -232,13 +227,14 @@ class TrainBDT(Workload):
         # Scores for the test rows and as many training rows (plenty for the train-vs-test KS):
         # scoring every training row cost as much as ~20 boosting rounds at 1 M events.
         train = subsample(data.train, max(int(data.test.sum()), 1000), job.seed)
-        rows = data.test | train
+        rows = data.test | train | (data.val if job.calibration != "none" else False)
         k = 1 if data.n_classes <= 2 else data.n_classes  # binary: one score column
         S = np.full((len(data.y), k), np.nan, dtype=np.float32)
         S[rows] = booster.inplace_predict(data.X[rows]).reshape(int(rows.sum()), -1)
         pdir = ctx.store.local("plots")
         t = data.test
-        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.store.local(TEST_SCORES))
+        out = score_report(S, data, classes, pdir, "BDT", train=train, scores_path=ctx.store.local(TEST_SCORES),
+                           temperature=fit_calibration(job, S, data))
         gain = booster.get_score(importance_type="total_gain")
         out["importance_gain"] = {f: float(gain.get(f"f{i}", 0.0)) for i, f in enumerate(job.features)}
         plots.bar_ranking(out["importance_gain"], pdir / "importance_gain.png", "feature importance", "total gain")
@@ -256,32 +252,35 @@ class TrainBDT(Workload):
                               f"SHAP ({'TreeSHAP' if exact else 'approximate'}, {len(idx)} test events)", "mean |SHAP|")
         return out
 
-    def _bagging(self, ctx, booster, data: Data) -> dict:
+    def _bagging(self, ctx, booster, data: Data, classes: list[str], shard_ids: list[str]) -> dict:
+        """N bootstrap BDTs (as many rounds as the nominal kept) in parallel Ray tasks; bands vs
+        each ``bagging.variables``; the replicas as an ensemble model folder (``ensemble/``)."""
+        from ..models.artifact import save_ensemble
+
         job: TrainBDTConfig = self.job
         bag = job.bagging
         params = job.xgb_params(2, 1)
         tr, t = data.train, data.test
-        seeds = [job.seed + 1 + i for i in range(bag.models)]
-        scores = np.stack(list(ctx.map_tasks(_bag_one, seeds, data.X[tr], data.y[tr], data.w[tr], params,
-                                             booster.num_boosted_rounds(), data.X[t], parallel=True)))  # (models, n_test)
-        y = data.y[t]
-        nominal = booster.inplace_predict(data.X[t])
-        thr = float(np.quantile(nominal[y == 1], 1 - bag.working_point))
-        var = np.asarray(data.cols[bag.variable])[t] if bag.variable else nominal
-        edges = (np.quantile(var[y == 1], np.linspace(0, 1, bag.bins + 1)) if isinstance(bag.bins, int)
-                 else np.asarray(bag.bins, dtype=float))
-        centers = 0.5 * (edges[1:] + edges[:-1])
-        which = np.clip(np.digitize(var, edges) - 1, 0, len(centers) - 1)
-        out = {"models": bag.models, "threshold": thr, "variable": bag.variable, "edges": edges.tolist()}
-        for cls, name in ((1, "signal_efficiency"), (0, "background_efficiency")):
-            eff = np.array([[np.mean(s[(y == cls) & (which == b)] > thr) if np.any((y == cls) & (which == b)) else np.nan
-                             for b in range(len(centers))] for s in scores])
-            mean, std = np.nanmean(eff, 0), np.nanstd(eff, 0)
-            out[name] = {"mean": mean.tolist(), "std": std.tolist()}
-            plots.band(centers, mean, mean - std, mean + std, ctx.store.local("plots") / f"bagging_{name}.png",
-                       bag.variable or "score", name.replace("_", " "),
-                       f"{bag.models} bootstrap BDTs at the nominal {bag.working_point:.0%} WP",
-                       band_label="±1σ over bootstrap models")
+        t0 = time.perf_counter()
+        replicas = list(ctx.map_tasks(_bag_one, replica_seeds(job.seed, bag.models), data.X[tr], data.y[tr], data.w[tr],
+                                      params, booster.num_boosted_rounds(), data.X[t], parallel=bag.parallel))
+        seconds = time.perf_counter() - t0
+        scores = np.stack([r[0] for r in replicas])  # (models, n_test)
+        variables = {v: np.asarray(data.cols[v])[t] for v in bag.variables}
+        out = efficiency_bands(scores, booster.inplace_predict(data.X[t]), data.y[t], variables, bag,
+                               ctx.store.local("plots"), "BDT")
+        out["seconds"] = round(seconds, 3)
+        if bag.save:
+            edir = ctx.store.local("ensemble")
+            names = [f"member_{i:03d}" for i in range(bag.models)]
+            for name, (_, raw) in zip(names, replicas):
+                (edir / name).mkdir(parents=True, exist_ok=True)
+                (edir / name / "model.json").write_bytes(raw)
+                save_metadata(edir / name, {"type": "xgboost", "file": "model.json", "features": list(job.features),
+                                            "classes": classes, "task": "binary", "params": params,
+                                            "dataset_fingerprint": data.fingerprint(shard_ids), "samples": data.samples})
+            save_ensemble(edir, names, {"bagging": {"models": bag.models, "seeds": replica_seeds(job.seed, bag.models)}})
+            out["ensemble"] = str(ctx.store.path("ensemble"))
         return out
 
     def _save(self, ctx, booster, data: Data, classes, result, shard_ids):
@@ -295,5 +294,6 @@ class TrainBDT(Workload):
             "task": "multiclass" if data.n_classes > 2 else "binary", "params": job.xgb_params(data.n_classes, 1),
             "trees": booster.num_boosted_rounds(), "metrics": {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50") if k in result},
             "dataset_fingerprint": data.fingerprint(shard_ids), "samples": data.samples,
+            **calibration_meta(result["calibration"].get("temperature")),
         })
 

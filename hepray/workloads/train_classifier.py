@@ -36,12 +36,24 @@ from ..data.loading import iter_columns
 from ..data.shard import Shard
 from ..errors import ConfigError
 from ..models.artifact import save_metadata
+from ..training.bagging import (
+    BaggingSpec,
+    edges_for,
+    efficiency_bands,
+    load_weights,
+    poisson_counts,
+    probability_bands,
+    replica_seeds,
+    train_replicas,
+)
 from .base import Workload
 from .registry import register
 from .train_common import (
     TEST_SCORES,
     TrainJob,
+    calibration_meta,
     class_names,
+    fit_calibration,
     class_setup,
     load_training_data,
     score_report,
@@ -56,6 +68,16 @@ class ModelSpec(Spec):
     hidden: list[int] = Field([64, 64, 32], min_length=1)
     activation: ACTIVATION = "elu"  # smooth: second-order Taylor attribution is 0 for ReLU
     dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ArchitectureSpec(Spec):
+    """``mlp``: the deterministic network of ``model:``; ``bnn``: the same layout with mean-field
+    Gaussian weights (Bayes by Backprop, ``hepray.models.bnn``), predicting with ``samples``
+    weight samples (mean and standard deviation)."""
+
+    name: Literal["mlp", "bnn"] = "mlp"
+    prior_sigma: float = Field(1.0, gt=0)  # bnn: the weights' N(0, prior_sigma^2) prior
+    samples: int = Field(20, gt=0)  # bnn: predictive samples
 
 
 class TrainingSpec(Spec):
@@ -133,9 +155,19 @@ class TrainClassifierConfig(TrainJob):
     systematic_loss: SystematicLossSpec | None = None
     attribution: AttributionSpec = AttributionSpec()
     export: ExportSpec = ExportSpec()
+    architecture: ArchitectureSpec = ArchitectureSpec()
+    bagging: BaggingSpec = BaggingSpec()
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.bagging.models and (self.adversarial is not None or self.systematic_loss is not None):
+            raise ConfigError("", "bagging", "bootstrap replicas of adversarial or systematic-aware training are "
+                              "not supported; drop `bagging:` or the extra loss term")
+        bad = sorted(set(self.bagging.variables) - set(self.features))
+        if bad:
+            raise ConfigError("", "bagging.variables", f"{bad[0]!r} is not one of `features:`")
+        if self.architecture.name == "bnn" and self.model.dropout:
+            raise ConfigError("", "model.dropout", "a bnn samples its weights; dropout is for the mlp")
         for i, syst in enumerate(self.systematics):
             bad = sorted(set(syst.scale) - set(self.features))
             if bad:
@@ -163,6 +195,7 @@ class ClassifierRows:
     mean: np.ndarray | None = None
     scale: np.ndarray | None = None
     factors: np.ndarray | None = None
+    bootstrap_seed: int | None = None  # a bagging replica: training rows weighted by Poisson(1) counts
 
     def columns(self) -> list[str]:
         return list(self.job.features) + [c for c in (self.job.label, self.job.weights.event) if c]
@@ -180,6 +213,8 @@ class ClassifierRows:
         m = r[part]
         x = (r["X"][m] - self.mean) / self.scale
         w = r["w"][m] * (self.factors[r["y"][m]] if self.factors is not None else 1.0)
+        if self.bootstrap_seed is not None and part == "train":
+            w = w * poisson_counts(len(r["y"]), self.bootstrap_seed, Shard.from_dict(shard_dict).shard_id)[m]
         return {"x": x.astype(np.float32), "y": r["y"][m], "w": w.astype(np.float32), "d": r["d"][m]}
 
 
@@ -205,7 +240,14 @@ def build_networks(job: TrainClassifierConfig, n_inputs: int, n_outputs: int):
 
     torch.manual_seed(job.seed)
     m = job.model
-    clf = MLP(n_inputs, m.hidden, n_outputs, activation=m.activation, dropout=m.dropout)
+    if job.architecture.name == "bnn":
+        from ..models.bnn import BayesianMLP
+
+        a = job.architecture
+        clf = BayesianMLP(n_inputs, m.hidden, n_outputs, activation=m.activation, prior_sigma=a.prior_sigma,
+                          predict_samples=a.samples)
+    else:
+        clf = MLP(n_inputs, m.hidden, n_outputs, activation=m.activation, dropout=m.dropout)
     if job.adversarial is None:
         return clf
     adv = Adversary(m.hidden[-1], len(job.adversarial.domains), hidden=job.adversarial.hidden)
@@ -221,7 +263,7 @@ def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, de
     import torch
 
     from ..training import LoopConfig, ShardBatches, common_steps, fit
-    from ..training.objectives import Adversarial, Classification, SystematicAware, scale_variations
+    from ..training.objectives import Adversarial, Classification, SystematicAware, Variational, scale_variations
 
     job: TrainClassifierConfig = setup["job"]
     t = job.training
@@ -251,6 +293,8 @@ def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, de
                 deltas = [syst.scale.get(f, 0.0) for f in job.features]
                 variations += scale_variations(deltas, rows.mean, rows.scale)
             objective = SystematicAware(variations, setup["lam"], sl.bins, sl.bandwidth, sl.kind)
+        elif job.architecture.name == "bnn":  # KL per training event: the ELBO over the training set's size
+            objective = Variational(sum(setup["rows_train"]))
         else:
             objective = Classification()
     config = LoopConfig(epochs=t.epochs, schedule=t.schedule, step_epochs=t.step_epochs, gamma=t.gamma,
@@ -259,6 +303,11 @@ def train_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1, de
     result = fit(model, optimizers, objective, train, config=config, val_batches=lambda epoch: val(0),
                  val_step=objective.validate, checkpoints=checkpoints, sync=sync, device=device, log=log)
     return model, result
+
+
+def bootstrap_rows(setup: dict, seed: int) -> dict:
+    """A bagging replica's rows: the training rows weighted by Poisson(1) counts of ``seed``."""
+    return {"rows": dataclasses.replace(setup["rows"], job=setup["job"], bootstrap_seed=seed)}
 
 
 def _ray_worker(setup: dict):
@@ -337,15 +386,20 @@ class TrainClassifier(Workload):
         # Scores for the test rows and as many training rows (plenty for the train-vs-test KS), as
         # for the BDT; ADNN's fresh probes train on the scores of all rows.
         train = data.train if job.adversarial else subsample(data.train, max(int(data.test.sum()), 1000), job.seed)
-        scored = data.test | train | (data.val if job.adversarial else False)
+        scored = data.test | train | (data.val if job.adversarial or job.calibration != "none" else False)
         S = np.full((len(data.y), setup["n_outputs"]), np.nan, dtype=np.float32)
         S[scored] = evaluator.scores(data.X[scored])
         pdir = ctx.store.local("plots")
-        result = score_report(S, data, classes, pdir, "DNN", train=train, scores_path=ctx.store.local(TEST_SCORES))
+        result = score_report(S, data, classes, pdir, "DNN", train=train, scores_path=ctx.store.local(TEST_SCORES),
+                              temperature=fit_calibration(job, S, data))
         result.update(task=task, training={"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info})
         diagnostics.plot_history(fit_info["history"], pdir / "training.png")
         timed("evaluate")
-        if job.attribution.events:
+        stochastic = job.architecture.name == "bnn"
+        if stochastic and (job.attribution.events or job.export.torchscript or job.export.onnx):
+            ctx.log("bnn: no Taylor attribution or TorchScript/ONNX export (every forward pass samples its weights; "
+                    "kind: infer predicts from the model folder with its samples)")
+        if job.attribution.events and not stochastic:
             result["attribution"] = diagnostics.attribution(evaluator, data.X[data.test][: job.attribution.events],
                                                             job.features, classes, job.attribution, pdir)
             timed("attribution")
@@ -357,8 +411,12 @@ class TrainClassifier(Workload):
             result["systematics"] = {"auc": result["auc"], **self._systematic_report(
                 ctx, setup, mode, workers, evaluator, data, S, pdir)}
             timed("systematics")
+        if job.bagging.models:
+            result["bagging"] = self._bagging(ctx, setup, evaluator, data, classes, result, pre, task,
+                                              data.fingerprint(shard_ids))
+            timed("bagging")
         mdir = ctx.store.local("model")
-        if job.export.torchscript or job.export.onnx:
+        if (job.export.torchscript or job.export.onnx) and not stochastic:
             result["export"] = diagnostics.export(evaluator, data.X[data.test][: job.export.check_events], mdir,
                                                   job.export.torchscript, job.export.onnx)
             timed("export")
@@ -368,7 +426,11 @@ class TrainClassifier(Workload):
         ctx.log("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
         summary = {"events_in": plan.events, "mode": mode, "model": str(ctx.store.path("model")),
                    **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
-                   "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"]}
+                   "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"],
+                   "ece": result["calibration"]["ece"]}
+        if job.bagging.models:
+            summary["ensemble"] = result["bagging"].get("ensemble")
+            summary["ensemble_auc"] = result["bagging"]["auc"]
         if job.adversarial:
             adv = result["adversarial"]
             summary.update(probe_accuracy=adv["probe_accuracy"], adversary_accuracy=adv["adversary_accuracy"])
@@ -408,6 +470,57 @@ class TrainClassifier(Workload):
         model = build_networks(job, len(job.features), setup["n_outputs"])
         model.load_state_dict(weights)
         return model, FitResult.from_state(state).to_dict()
+
+    def _bagging(self, ctx, setup, evaluator, data, classes, result, pre, task, fingerprint) -> dict:
+        """N bootstrap replicas in parallel (``ctx.map_tasks``, one CPU each); the ensemble's
+        evaluation (``plots/ensemble/``), efficiency bands vs ``bagging.variables``, probability
+        bands with their coverage, and the replicas as an ensemble model folder (``ensemble/``)."""
+        from ..models.artifact import save_ensemble
+        from ..report import metrics
+
+        job: TrainClassifierConfig = self.job
+        bag = job.bagging
+        seeds = replica_seeds(job.seed, bag.models)
+        replicas, seconds = train_replicas(ctx, {**setup, "process": train_process, "bootstrap": bootstrap_rows},
+                                           bag, job.seed)
+        ctx.log(f"bagging: {bag.models} replicas in {seconds:.1f}s")
+        rows = data.test | data.val
+        members, temps = [], []
+        for weights, _ in replicas:
+            net = load_weights(build_networks(job, len(job.features), setup["n_outputs"]), weights)
+            S = np.full((len(data.y), setup["n_outputs"]), np.nan, dtype=np.float32)
+            S[rows] = evaluator.with_model(net).scores(data.X[rows])
+            T = fit_calibration(job, S, data)
+            temps.append(T)
+            members.append((net, S if T is None else metrics.apply_temperature(S, T)))
+        P = np.stack([S for _, S in members])  # [models, n, K], calibrated as each member predicts
+        pdir = ctx.store.local("plots")
+        ens = score_report(P.mean(0), data, classes, pdir / "ensemble", f"DNN ensemble ({bag.models})",
+                           train=np.zeros_like(data.train))
+        out = {"models": bag.models, "seconds": round(seconds, 3), "auc": ens["auc"], "calibration": {
+            k: ens["calibration"][k] for k in ("ece", "brier")},
+            "member_auc": [metrics.auc(data.y[data.test], S[data.test, 0], data.raw_weight[data.test])
+                           for _, S in members] if P.shape[2] == 1 else None}
+        if P.shape[2] == 1:
+            t = data.test
+            variables = {v: data.X[t, job.features.index(v)] for v in bag.variables}
+            out.update(efficiency_bands(P[:, t, 0], result_scores(evaluator, data.X[t]), data.y[t], variables, bag,
+                                        pdir, "DNN"))
+            out["probability"] = {}
+            for v, values in variables.items():
+                edges = edges_for(values, bag.bins)
+                which = np.clip(np.digitize(values, edges) - 1, 0, len(edges) - 2)
+                out["probability"][v] = {"edges": edges.tolist(), **probability_bands(
+                    P[:, t, 0], which, len(edges) - 1, data.w[t], y=data.y[t])}
+        if bag.save:
+            edir = ctx.store.local("ensemble")
+            names = [f"member_{i:03d}" for i in range(bag.models)]
+            for name, (net, _), T, seed in zip(names, members, temps, seeds):
+                self._save(edir / name, net, pre, task, classes, {"calibration": {"temperature": T}}, fingerprint,
+                           data.samples)
+            save_ensemble(edir, names, {"bagging": {"models": bag.models, "seeds": seeds}})
+            out["ensemble"] = str(ctx.store.path("ensemble"))
+        return out
 
     def _with(self, setup: dict, **update) -> dict:
         return {**setup, **update}
@@ -467,7 +580,13 @@ class TrainClassifier(Workload):
             "metrics": {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
             "exports": {k: v.get("file") for k, v in result.get("export", {}).items()},
             "dataset_fingerprint": fingerprint, "samples": samples,
+            **calibration_meta(result.get("calibration", {}).get("temperature")),
         })
+
+
+def result_scores(evaluator, X: np.ndarray) -> np.ndarray:
+    """The nominal model's signal probability (binary) of raw features ``X``."""
+    return evaluator.scores(X)[:, 0]
 
 
 def _absolute(shard: Shard) -> dict:

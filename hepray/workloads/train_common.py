@@ -41,6 +41,9 @@ class TrainJob(JobConfig):
     weights: WeightSpec = WeightSpec()
     split: SplitSpec = SplitSpec()
     task: Literal["auto", "binary", "multiclass"] = "auto"
+    # temperature: one temperature T fitted on the validation split (probabilities sigma(z / T)),
+    # stored with the model (``calibration`` in its metadata) and applied by every predictor
+    calibration: Literal["none", "temperature"] = "none"
 
 
 def split_masks(u: np.ndarray, split: SplitSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,8 +182,52 @@ def write_test_scores(path, S: np.ndarray, data: Data, classes: list[str]) -> No
         pq.write_table(table, local)
 
 
+def fit_calibration(job: TrainJob, S: np.ndarray, data: Data) -> float | None:
+    """The temperature of ``calibration: temperature``, fitted on the validation rows of the
+    uncalibrated probabilities ``S`` under the training weights (class-balanced when
+    ``weights.balance_classes``: the population the scores are probabilities for); None when
+    calibration is off."""
+    from ..report.metrics import fit_temperature
+
+    if job.calibration != "temperature":
+        return None
+    v = data.val & np.isfinite(S).all(axis=1)
+    if not v.any():
+        raise ConfigError(job.source, "calibration", "temperature scaling is fitted on the validation split; "
+                          "set split.validation > 0")
+    return fit_temperature(data.y[v], S[v], data.w[v])
+
+
+def calibration_meta(temperature: float | None) -> dict:
+    """The model metadata's ``calibration`` entry (empty when there is none)."""
+    return {} if temperature is None else {"calibration": {"method": "temperature", "temperature": float(temperature)}}
+
+
+def calibration_report(S: np.ndarray, data: Data, plot_dir, model_name: str, temperature: float | None = None,
+                       rows: np.ndarray | None = None) -> dict:
+    """ECE, Brier score and reliability diagram of uncalibrated scores ``S`` on the test rows
+    (``rows``: a subset of them), weighted as in training (:func:`fit_calibration`); with a
+    ``temperature``, the same after scaling (``ece``/``brier`` are then the calibrated ones,
+    ``uncalibrated`` the numbers before)."""
+    from ..report import metrics, plots
+
+    t = data.test if rows is None else rows
+    t = t & np.isfinite(S).all(axis=1)
+    y, w = data.y[t], data.w[t]
+    before = metrics.calibration_summary(y, S[t], w)
+    curves = {"uncalibrated": {**before["reliability"], "ece": before["ece"]}}
+    out = before
+    if temperature is not None:
+        after = metrics.calibration_summary(y, metrics.apply_temperature(S[t], temperature), w)
+        curves[f"temperature T={temperature:.3f}"] = {**after["reliability"], "ece": after["ece"]}
+        out = {**after, "method": "temperature", "temperature": float(temperature),
+               "uncalibrated": {"ece": before["ece"], "brier": before["brier"]}}
+    plots.reliability_diagram(curves, plot_dir / "reliability.png", f"{model_name} reliability (test events)")
+    return out
+
+
 def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_name: str,
-                 train: np.ndarray | None = None, scores_path=None) -> dict:
+                 train: np.ndarray | None = None, scores_path=None, temperature: float | None = None) -> dict:
     """Test-set metrics and plots of any classifier's scores ``S`` [n, K] (K = 1: binary).
 
     Binary: AUC, rejection at 30/50% signal efficiency, train AUC and train-vs-test KS per class
@@ -188,9 +235,15 @@ def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_
     and score plots per class, accuracy of the highest score, train-vs-test KS per class.
     ``train``: the training rows the overtraining checks use (default all; ``S`` need only be
     filled on these and the test rows). ``scores_path``: also write the test scores there
-    (:func:`write_test_scores`).
+    (:func:`write_test_scores`). Every report has ``calibration`` (ECE, Brier score,
+    reliability diagram: :func:`calibration_report`); ``temperature``: the scores are reported
+    (and written) after temperature scaling, as the stored model predicts them.
     """
     from ..report import metrics, plots
+
+    calibration = calibration_report(S, data, plot_dir, model_name, temperature)
+    if temperature is not None:
+        S = metrics.apply_temperature(S, temperature)
 
     out: dict = {"n_train": int(data.train.sum()), "n_validation": int(data.val.sum()), "n_test": int(data.test.sum()),
                  "classes": classes}
@@ -211,6 +264,7 @@ def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_
                                   dashed={f"{classes[c]} train": s[tr & (y == c)] for c in (0, 1)})
         per_sample = {name: s[t & (data.sample == i)] for i, name in enumerate(data.samples)}
         plots.score_distributions(per_sample, plot_dir / "scores_per_sample.png", f"{model_name} score per sample (test)")
+        out["calibration"] = calibration
         return out
     out["auc_per_class"] = {c: metrics.auc(y[t] == i, S[t, i], w[t]) for i, c in enumerate(classes)}
     out["auc"] = float(np.mean(list(out["auc_per_class"].values())))
@@ -225,4 +279,5 @@ def score_report(S: np.ndarray, data: Data, classes: list[str], plot_dir, model_
                                   plot_dir / f"scores_{c}.png", f"score for class {c}: test (lines) vs train (points)",
                                   dashed={f"true {c} train": S[tr & (y == i), i]})
     plots.roc_curves(curves, plot_dir / "roc.png", f"{model_name} one-vs-rest, test events")
+    out["calibration"] = calibration
     return out

@@ -32,6 +32,7 @@ from ..data.shard import Shard
 from ..errors import ConfigError
 from ..gnn.inputs import Constituents, PreprocessSpec, RolesSpec, check_inputs, fraction_rows
 from ..models.artifact import save_metadata
+from ..training.bagging import BaggingSpec, efficiency_bands, load_weights, poisson_counts, train_replicas
 from .base import Workload
 from .registry import register
 from .train_classifier import TrainingSpec
@@ -39,7 +40,9 @@ from .train_common import (
     TEST_SCORES,
     Data,
     TrainJob,
+    calibration_meta,
     class_names,
+    fit_calibration,
     class_setup,
     score_report,
     shard_rows,
@@ -70,6 +73,7 @@ class TrainGNNConfig(TrainJob):
     threads: int | None = Field(None, gt=0)  # torch threads in direct mode; default: the cluster's CPUs
     auto_ray_train_work: int = Field(2_000_000, gt=0)  # auto: Ray Train above events x epochs
     score_batch: int = Field(2048, gt=0)  # jets per forward pass when scoring
+    bagging: BaggingSpec = BaggingSpec()  # bootstrap replicas: efficiency bands vs bagging.variables
 
     @field_validator("features")
     @classmethod
@@ -104,9 +108,11 @@ class GNNRows:
     job: TrainGNNConfig
     constituents: Constituents
     factors: np.ndarray | None = None
+    bootstrap_seed: int | None = None  # a bagging replica: training rows weighted by Poisson(1) counts
 
     def columns(self) -> list[str]:
-        return self.constituents.columns() + [c for c in (self.job.label, self.job.weights.event) if c]
+        return (self.constituents.columns() + [c for c in (self.job.label, self.job.weights.event) if c]
+                + list(self.job.bagging.variables))
 
     def raw(self, shard_dict: dict) -> tuple[Shard, dict, dict]:
         """(shard, its columns, its rows: y, w and split masks)."""
@@ -119,7 +125,14 @@ class GNNRows:
         m = r[part]
         arrays = self.constituents.arrays({k: v[m] for k, v in cols.items()}, shard.file)
         w = r["w"][m] * (self.factors[r["y"][m]] if self.factors is not None else 1.0)
+        if self.bootstrap_seed is not None and part == "train":
+            w = w * poisson_counts(len(r["y"]), self.bootstrap_seed, shard.shard_id)[m]
         return {**arrays, "y": r["y"][m], "w": w.astype(np.float32)}
+
+
+def bootstrap_rows(setup: dict, seed: int) -> dict:
+    """A bagging replica's rows: the training jets weighted by Poisson(1) counts of ``seed``."""
+    return {"rows": dataclasses.replace(setup["rows"], job=setup["job"], bootstrap_seed=seed)}
 
 
 def _shard_statistics(shard_dict: dict, rows: GNNRows, fraction: float, seed: int) -> dict:
@@ -147,7 +160,7 @@ def _score_shard(shard_dict: dict, rows: GNNRows, bundle, batch: int) -> dict:
     parts = [predict({k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
     S = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
     out = {SPLIT: cols[SPLIT], **{f"{SCORE}_{j}": S[:, j] for j in range(S.shape[1])}}
-    out.update({c: cols[c] for c in (rows.job.label, rows.job.weights.event) if c})
+    out.update({c: cols[c] for c in (rows.job.label, rows.job.weights.event, *rows.job.bagging.variables) if c})
     return out
 
 
@@ -229,7 +242,7 @@ class TrainGNN(Workload):
         mode, workers = choose_mode(job, n_train, ctx.cluster_cpus(), ctx.nodes())
         setup = {"job": job, "rows": rows, "shards": [s.to_dict() for s in shards], "groups": [s.sample for s in shards],
                  "rows_train": [r["train"] for r in stats], "rows_val": [r["val"] for r in stats],
-                 "n_outputs": 1 if task == "binary" else n_classes, "tag": "particlenet",
+                 "n_outputs": 1 if task == "binary" else n_classes, "tag": "particlenet", "task": task,
                  "process": train_process, "build": build_network,
                  "threads": max(1, int(job.engine.cpus_per_worker))}
         ctx.log(f"mode: {mode}" + (f" ({workers} Ray Train workers)" if mode == "ray_train" else ""))
@@ -247,10 +260,11 @@ class TrainGNN(Workload):
         scored = list(map_shard_tasks(_score_shard, shards, rows, bundle, job.score_batch, mapper=ctx.map_tasks))
         cols = concatenate(scored)
         score_names = [k for k in cols if k.startswith(SCORE)]
-        data = Data(cols, job.model_copy(update={"features": score_names}))
+        data = Data(cols, job.model_copy(update={"features": score_names}), keep=list(job.bagging.variables))
         classes = class_names(job, data)
         pdir = ctx.store.local("plots")
-        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.store.local(TEST_SCORES))
+        result = score_report(data.X, data, classes, pdir, "ParticleNet", scores_path=ctx.store.local(TEST_SCORES),
+                              temperature=fit_calibration(job, data.X, data))
         result["training"] = {"mode": mode, "workers": workers if mode == "ray_train" else 1, **fit_info}
         result.update(task=task, network=model.arch, parameters=int(sum(p.numel() for p in model.parameters())))
         plot_history(fit_info["history"], pdir / "training.png")
@@ -258,11 +272,46 @@ class TrainGNN(Workload):
         meta["metrics"] = {k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result}
         meta["dataset_fingerprint"] = data.fingerprint([s.shard_id for s in shards])
         meta["samples"] = data.samples
+        if job.bagging.models and data.n_classes == 2:
+            result["bagging"] = self._bagging(ctx, setup, shards, rows, data, classes, pdir)
+        meta.update(calibration_meta(result["calibration"].get("temperature")))
         save_metadata(mdir, meta)
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, "mode": mode, "model": str(ctx.store.path("model")),
                 **{k: result[k] for k in ("auc", "rejection_at_30", "rejection_at_50", "accuracy") if k in result},
-                "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"]}
+                "epochs": fit_info["epochs_done"], "events_per_s": fit_info["events_per_s"],
+                "ece": result["calibration"]["ece"]}
+
+    def _bagging(self, ctx, setup, shards, rows, data, classes, pdir) -> dict:
+        """N ParticleNets on Poisson-bootstrapped training jets, in parallel (``ctx.map_tasks``);
+        each saved as a member of ``ensemble/`` and scored through its folder like the nominal;
+        efficiency bands at the nominal working point vs ``bagging.variables``."""
+        from ..models.artifact import save_ensemble
+        from ..models.predict import ModelBundle
+        from ..training.standardize import map_shard_tasks
+
+        job: TrainGNNConfig = self.job
+        bag = job.bagging
+        replicas, seconds = train_replicas(ctx, {**setup, "bootstrap": bootstrap_rows}, bag, job.seed)
+        ctx.log(f"bagging: {bag.models} replicas in {seconds:.1f}s")
+        edir = ctx.store.local("ensemble")
+        names = [f"member_{i:03d}" for i in range(bag.models)]
+        scores = []
+        for name, (weights, fit) in zip(names, replicas):
+            net = load_weights(build_network(setup), weights)
+            meta = self._save(edir / name, net, rows.constituents, setup["task"], fit)
+            save_metadata(edir / name, {**meta, "classes": classes, "samples": data.samples})
+            bundle = ModelBundle.read(edir / name)
+            cols = concatenate(map_shard_tasks(_score_shard, shards, rows, bundle, job.score_batch, mapper=ctx.map_tasks))
+            scores.append(np.asarray(cols[f"{SCORE}_0"]))
+        t = data.test
+        P = np.stack(scores)[:, t]  # events in the same (plan) order as the nominal's
+        variables = {v: np.asarray(data.cols[v], float)[t] for v in bag.variables}
+        out = efficiency_bands(P, data.X[t, 0], data.y[t], variables, bag, pdir, "ParticleNet")
+        out["seconds"] = round(seconds, 3)
+        save_ensemble(edir, names, {"bagging": {"models": bag.models}})
+        out["ensemble"] = str(ctx.store.path("ensemble"))
+        return out
 
     def _save(self, mdir, model, constituents: Constituents, task: str, fit_info: dict) -> dict:
         import torch

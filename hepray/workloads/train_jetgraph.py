@@ -25,10 +25,18 @@ from ..data.columns import SAMPLE
 from ..errors import ConfigError
 from ..gnn.events import EfficiencyMap, event_slots, gather, per_jet_metrics, scatter_back
 from ..models.artifact import save_metadata
+from ..training.bagging import BaggingSpec, bootstrap_indices, load_weights, probability_band_plots, train_replicas
 from .base import Workload
 from .registry import register
 from .train_classifier import TrainingSpec
-from .train_common import TrainJob, WeightSpec, load_training_data
+from .train_common import (
+    TrainJob,
+    WeightSpec,
+    calibration_meta,
+    calibration_report,
+    fit_calibration,
+    load_training_data,
+)
 
 
 class JetGraphNetworkSpec(Spec):
@@ -51,6 +59,9 @@ class MapSpec(Spec):
     prior: float = Field(1.0, ge=0)  # pseudo-jets pulling sparse bins towards the overall efficiency
 
 
+DR_NN = "dr_nn"  # bagging variable: the jet's ΔR to its nearest neighbour in the event
+
+
 class TrainJetGraphConfig(TrainJob):
     label: str  # per-jet 0/1 target (a branch or an expression)
     eta: str = "reco_eta"  # the feature columns ΔR is computed from (left unstandardised)
@@ -58,6 +69,9 @@ class TrainJetGraphConfig(TrainJob):
     group_by: list[str] = Field(["run", "luminosityBlock", "event"], min_length=1)  # + the sample
     order_by: str | None = "jet_rank"  # node order within an event (the network does not depend on it)
     max_jets: int = Field(4, gt=0)
+    # bootstrap replicas of the graph network (events resampled): the predicted efficiency's
+    # band vs each variable (columns of the dataset, or dr_nn), compared with the observed one
+    bagging: BaggingSpec = BaggingSpec(variables=["reco_pt", "reco_eta", DR_NN])
     network: JetGraphNetworkSpec = JetGraphNetworkSpec()
     map: MapSpec = MapSpec()
     reference: bool = True  # also train without message passing (n_layers: 0)
@@ -120,6 +134,14 @@ def jetgraph_process(setup: dict, checkpoints, *, rank: int = 0, world: int = 1,
     result = fit(model, optimizer, objective, train, config=loop_config(t), val_batches=lambda epoch: val(0),
                  val_step=objective.validate, checkpoints=checkpoints, device=device, log=log)
     return model, result
+
+
+def bootstrap_events(setup: dict, seed: int) -> dict:
+    """A bagging replica's training graphs: events drawn with replacement (whole events, so a
+    jet's neighbours come with it)."""
+    tr = setup["arrays"]["train"]
+    idx = bootstrap_indices(len(tr["y"]), seed)
+    return {"arrays": {**setup["arrays"], "train": {k: v[idx] for k, v in tr.items()}}}
 
 
 def predict_graphs(model, x: np.ndarray, mask: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -203,17 +225,62 @@ class TrainJetGraph(Workload):
         if "per_jet" in cmp:
             result["graph_minus_per_jet"] = {k: cmp["graph"][k] - cmp["per_jet"][k] for k in ("log_loss", "brier", "auc")}
         pdir = ctx.store.local("plots")
+        S = probs["graph"].reshape(-1, 1)
+        result["calibration"] = calibration_report(S, data, pdir, "jet graph", fit_calibration(job, S, data), rows=test)
         curves = {}
         for k, p in probs.items():
             tpr, fpr, _ = roc(y, p[test], w)
             curves[f"{k} (AUC {cmp[k]['auc']:.3f}, log-loss {cmp[k]['log_loss']:.3f})"] = (tpr, fpr)
         plots.roc_curves(curves, pdir / "roc.png", f"per-jet {job.label}: graph vs per-jet vs (pT, η) map")
         plot_history(fits["graph"]["history"], pdir / "training.png")
+        if job.bagging.models:
+            result["bagging"] = self._bagging(ctx, common, graphs, slots, data, test, pre, result)
         self._save(ctx.store.local("model"), models["graph"], pre, result)
         ctx.write_json("metrics.json", result)
         return {"events_in": plan.events, "model": str(ctx.run_dir / "model"),
                 **{f"{k}_log_loss": v["log_loss"] for k, v in cmp.items()},
-                **{f"{k}_auc": v["auc"] for k, v in cmp.items()}}
+                **{f"{k}_auc": v["auc"] for k, v in cmp.items()}, "ece": result["calibration"]["ece"],
+                **({"bagging_coverage": float(np.mean([b["coverage"] for b in result["bagging"]["variables"].values()]))}
+                   if "bagging" in result else {})}
+
+    def _bagging(self, ctx, common: dict, graphs: dict, slots, data, test, pre: dict, result: dict) -> dict:
+        """N graph networks on bootstrap resamples of the training events, in parallel
+        (``ctx.map_tasks``); per variable the replicas' mean predicted efficiency with its
+        spread against the observed pass fraction of the test jets (and the coverage); the
+        replicas as an ensemble model folder."""
+        from ..gnn.events import nearest_neighbour_dr
+        from ..models.artifact import save_ensemble
+
+        job: TrainJetGraphConfig = self.job
+        bag = job.bagging
+        setup = {**common, "network": {}, "tag": "graph", "bootstrap": bootstrap_events}
+        replicas, seconds = train_replicas(ctx, setup, bag, job.seed)
+        ctx.log(f"bagging: {bag.models} replicas in {seconds:.1f}s")
+        n = len(data.y)
+        nets = [load_weights(build_jetgraph(setup), w) for w, _ in replicas]
+        P = np.stack([scatter_back(predict_graphs(m, graphs["x"], graphs["mask"]), slots, n)[test] for m in nets])
+        cols = data.cols
+        variables = {}
+        for v in bag.variables:
+            if v == DR_NN:
+                variables[v] = nearest_neighbour_dr(np.asarray(cols[job.eta], float), np.asarray(cols[job.phi], float),
+                                                    slots)[test]
+            elif v in cols:
+                variables[v] = np.asarray(cols[v], float)[test]
+            else:
+                raise ConfigError(job.source, "bagging.variables", f"{v!r} is not a column of the job (features, map "
+                                  f"columns, group_by) nor {DR_NN}")
+        out = {"models": bag.models, "seconds": round(seconds, 3), "working_point": job.label,
+               "variables": probability_band_plots(P, variables, bag, ctx.store.local("plots"),
+                                                   f"P({job.label}) per jet", data.raw_weight[test], data.y[test])}
+        if bag.save:
+            edir = ctx.store.local("ensemble")
+            names = [f"member_{i:03d}" for i in range(bag.models)]
+            for name, m in zip(names, nets):
+                self._save(edir / name, m, pre, result)
+            save_ensemble(edir, names, {"bagging": {"models": bag.models}})
+            out["ensemble"] = str(ctx.store.path("ensemble"))
+        return out
 
     def _save(self, mdir, model, pre: dict, result: dict) -> None:
         import torch
@@ -228,4 +295,5 @@ class TrainJetGraph(Workload):
             "inputs": {"arguments": ["x", "mask"], "graph": {"group_by": list(job.group_by), "order_by": job.order_by,
                                                              "max_jets": job.max_jets}},
             "metrics": result["comparison"]["graph"], "efficiency_map": result["map"],
+            **calibration_meta(result["calibration"].get("temperature")),
         })
