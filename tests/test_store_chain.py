@@ -85,7 +85,7 @@ def _chain(s3):
     key = url.removeprefix("s3://")
     for f in ("generate/summary.json", "generate/plots/physics.json", "generate/plots/jet_mass.png",
               "train_bdt/model/hepray_model.json", "train_bdt/model/model.json", "train_bdt/metrics.json",
-              "train_bdt/plots/roc.png", "train_bdt/plots/bagging_signal_efficiency.png",
+              "train_bdt/plots/roc.png", "train_bdt/plots/bagging_signal_efficiency_reco_pt.png",
               "infer_bdt/parts/_manifest.json", "infer_bdt/summary.json",
               "train_classifier/model/hepray_model.json", "train_anomaly/model/hepray_model.json",
               "anomaly_scan/lumis.csv", "anomaly_scan/scan.json", "train_flashsim/model",
