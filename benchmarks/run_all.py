@@ -25,10 +25,12 @@ BENCHES = [
     ("bench_gnn.py", [], []),
     ("bench_flashsim.py", [], []),
     ("bench_anomaly.py", [], []),
+    ("bench_anomaly_dqm.py", [], ["--good-lumis", "50", "--per-strength", "4"]),
     ("bench_fpga.py", [], []),
     ("bench_dask.py", [], []),
     ("bench_scale.py", [], ["--files", "1000"]),
     ("bench_analysis.py", [], ["--events", "400000"]),
+    ("bench_templates.py", [], ["--events", "400000"]),
 ]
 
 

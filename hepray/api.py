@@ -55,14 +55,46 @@ def run(job, *, resume: bool = False, overwrite: bool = False, workers: int | No
             rundir.clear(run_dir)
         ctx = RunContext(job, resume=resume, workers=workers, address=address, quiet=quiet)
         (ctx.run_dir / "job.yaml").write_text(_job_yaml(job))
+        from .report.plots import styled
+
         try:
-            summary = workload.run(ctx) or {}
+            with styled(job.report):  # every plot of the run in the job's style and label
+                summary = workload.run(ctx) or {}
         finally:  # what the workload wrote locally (models, plots, tables) goes up to a store
             ctx.store.sync()
         summary = {"job": job.name, "kind": job.kind, "run_dir": str(ctx.run_dir), **summary}
         write_json_atomic(ctx.run_dir / "summary.json", summary)
+        _write_report(ctx)
     ctx.log(_one_line(summary))
     return summary
+
+
+def _write_report(ctx) -> None:
+    """``report.html`` of the run (report/html.py): into the folder, or uploaded to its store."""
+    import html as _html
+
+    from .report import html
+
+    if not ctx.store.remote:
+        html.write_report(ctx.run_dir)
+        return
+    import tempfile
+    from pathlib import Path
+
+    # on a store: the small records and empty stand-ins for the images (only their names are
+    # needed for the links) in a temporary folder, rendered, and the page uploaded
+    fs, key = ctx.store.root._fs()
+    with tempfile.TemporaryDirectory(prefix="hepray-report-") as d:
+        for name in ("summary.json", "job.yaml", *html.TABLES):
+            if ctx.store.exists(name):
+                (Path(d) / name).write_bytes(ctx.store.read_bytes(name))
+        for f in fs.glob(key.rstrip("/") + "/plots/**"):
+            rel = f[len(key.rstrip("/")) + 1:]
+            if rel.lower().endswith(html.IMAGES):
+                (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(d) / rel).touch()
+        page = html.render(d).replace(_html.escape(str(d)), _html.escape(str(ctx.run_dir)))
+    ctx.store.write_bytes("report.html", page.encode())
 
 
 def release_workers() -> int:

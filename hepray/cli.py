@@ -78,6 +78,13 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.html import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_kinds(args) -> int:
     from .workloads import REGISTRY
 
@@ -112,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every part of a run against its commit marker and the manifest")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: the job, summary, metrics and every plot")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("kinds", help="list the workload kinds")
     p.set_defaults(fn=cmd_kinds)
     return ap

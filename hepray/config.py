@@ -161,6 +161,9 @@ class OutputSpec(Spec):
 class EngineSpec(Spec):
     workers: int | None = Field(None, gt=0)  # default: the cluster's CPUs / cpus_per_worker
     cpus_per_worker: float = Field(1.0, gt=0)
+    # GPUs per shard actor (fractions share one): torch on cuda, xgboost device=cuda; a cluster
+    # without GPUs runs the job on CPUs with a warning
+    gpus_per_worker: float = Field(0.0, ge=0)
     in_flight: int | None = Field(None, gt=0)  # shards queued per worker beyond the running one
     max_retries: int = Field(2, ge=0)
     on_error: Literal["fail", "skip"] = "fail"
@@ -169,8 +172,21 @@ class EngineSpec(Spec):
     keep_warm_s: float = Field(30.0, ge=0)
     # a shard running longer is ended (its actor restarted), tried again, then reported as failed
     shard_timeout_s: float | None = Field(1800.0, gt=0)
+    # a lost worker's shards go to the others at once; with none left for this long, the run ends
+    restart_timeout_s: float = Field(180.0, gt=0)
     # NaN or inf in a model's inputs: fail the shard, or count them per shard in the manifest
     on_nonfinite: Literal["fail", "count"] = "fail"
+
+
+class ReportSpec(Spec):
+    """How plots are labelled (mplhep): an experiment's style and label, or ``none`` (mplhep's
+    neutral ROOT-like style, no experiment name); ``lumi`` in fb^-1 and ``com`` in TeV go in the
+    top-right corner when given."""
+
+    style: Literal["CMS", "ATLAS", "none"] = "none"
+    label: str = "Simulation"
+    lumi: float | None = Field(None, gt=0)
+    com: float | None = Field(None, gt=0)
 
 
 class JobConfig(Spec):
@@ -183,6 +199,7 @@ class JobConfig(Spec):
     seed: int = 12345
     output: OutputSpec = OutputSpec()
     engine: EngineSpec = EngineSpec()
+    report: ReportSpec = ReportSpec()
 
     # the job file, for error messages
     source: str = Field("", exclude=True)

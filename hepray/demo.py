@@ -22,6 +22,8 @@ STEPS: list[tuple[str, str, dict]] = [
     ("generate", "jobs/generate.yaml", {"output.dir": "runs/demo/generate"}),
     ("train_bdt", "jobs/train_bdt.yaml", {}),
     ("infer_bdt", "jobs/infer_bdt.yaml", {}),
+    # weighted score templates for combine/pyhf and the pyhf fit on them (docs/templates.md)
+    ("templates", "jobs/templates.yaml", {}),
     ("train_classifier", "jobs/train_classifier.yaml", {}),
     ("train_adnn", "jobs/train_adnn.yaml", {}),
     ("train_systematic", "jobs/train_systematic.yaml", {}),
@@ -35,6 +37,7 @@ STEPS: list[tuple[str, str, dict]] = [
     ("infer_ensemble", "jobs/infer_ensemble.yaml", {}),
     ("train_flashsim", "jobs/train_flashsim.yaml", {}),
     ("flashsim", "jobs/flashsim.yaml", {}),
+    ("generate_dq", "jobs/generate_dq.yaml", {}),
     ("train_anomaly", "jobs/train_anomaly.yaml", {}),
     ("anomaly_scan", "jobs/anomaly_scan.yaml", {}),
     ("fpga_bdt", "jobs/fpga_bdt.yaml", {}),
@@ -65,8 +68,8 @@ def plot_dimuon(run_dir) -> Path:
 
 # summary keys worth a glance, printed when a step returns them
 SHOW = ("events_in", "events_out", "shards", "plot", "auc", "rejection_at_30", "accuracy", "mode", "two_sample_auc",
-        "lumi_auc", "flagged", "decision_agreement", "chosen_precision", "auc_drop", "ece", "ensemble_auc",
-        "bagging_coverage")
+        "lumi_auc", "flagged", "lumi_found", "lumi_good_flagged", "decision_agreement", "chosen_precision", "auc_drop",
+        "significance_expected", "mu_up_expected", "ece", "ensemble_auc", "bagging_coverage")
 
 
 def run_demo(workers: int | None = None, steps: list[str] | None = None, root: str | Path = ".") -> dict:
@@ -83,14 +86,20 @@ def run_demo(workers: int | None = None, steps: list[str] | None = None, root: s
         summary = run(str(root / job), overwrite=True, workers=workers, overrides=overrides)
         if name == "dimuon":
             summary["plot"] = str(plot_dimuon(summary["run_dir"]))
+            from .report.html import write_report
+
+            write_report(summary["run_dir"])  # again: with the plot made after the run
         results[name] = {"seconds": round(time.perf_counter() - t0, 1), "run_dir": summary.get("run_dir"),
                          **{k: summary[k] for k in SHOW if k in summary}}
     out = Path("runs/demo")
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_summary.json").write_text(json.dumps(results, indent=1, default=str))
+    from .report.html import write_index
+
+    index = write_index(out, results)
     print(f"\n=== hepray demo: {len(results)} steps in {time.perf_counter() - t_all:.0f}s ===", file=sys.stderr)
     for name, r in results.items():
         brief = ", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in SHOW if k in r)
         print(f"  {name:16s} {r['seconds']:6.1f}s  {brief}  -> {r['run_dir']}", file=sys.stderr)
-    print("plots: runs/demo/*/plots/*.png", file=sys.stderr)
+    print(f"plots: runs/demo/*/plots/*.png; every step's report.html linked from {index}", file=sys.stderr)
     return results

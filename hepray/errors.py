@@ -120,6 +120,17 @@ class MissingDependency(HeprayError, ModuleNotFoundError):
         return (MissingDependency, (self.module, self.extra))
 
 
+class ClusterUnreachable(HeprayError):
+    """Joining a Ray cluster failed: nothing listens at the address, or it refused this client."""
+
+    def __init__(self, address: str, problem: str):
+        self.address, self.problem = address, problem
+        super().__init__(f"cannot join the Ray cluster at {address}: {problem}")
+
+    def __reduce__(self):
+        return (ClusterUnreachable, (self.address, self.problem))
+
+
 class JobFailed(HeprayError):
     """A run finished with failed shards (on_error: fail)."""
 

@@ -22,6 +22,7 @@ _EXTRA = {
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
     "s3fs": "s3",
+    "pyhf": "fit",
 }
 
 

@@ -18,12 +18,15 @@ REGISTRY = Registry()
 class SlowConfig(InferConfig):
     delay_s: float = 0.5
     pid_dir: str = ""
+    hang_index: int = -1  # the shard of this index hangs (forever, or only in its first attempts)
+    hang_attempts: int = 10**6
 
 
 class SlowProcessor(InferProcessor):
-    def __init__(self, *a, delay_s: float, pid_dir: str):
+    def __init__(self, *a, delay_s: float, pid_dir: str, hang_index: int = -1, hang_attempts: int = 10**6):
         super().__init__(*a)
         self.delay_s, self.pid_dir = delay_s, pid_dir
+        self.hang_index, self.hang_attempts = hang_index, hang_attempts
 
     def setup(self, num_cpus):
         super().setup(num_cpus)
@@ -33,6 +36,12 @@ class SlowProcessor(InferProcessor):
 
     def process(self, shard):
         time.sleep(self.delay_s)
+        if shard.index == self.hang_index:
+            tries = Path(self.pid_dir) / f"hang-{shard.index}"
+            tries.mkdir(parents=True, exist_ok=True)
+            (tries / str(os.getpid())).touch()
+            if len(list(tries.iterdir())) <= self.hang_attempts:
+                time.sleep(3600)
         return super().process(shard)
 
 
@@ -45,7 +54,8 @@ class SlowInfer(Infer):
 
         job = self.job
         original = infer_mod.InferProcessor
-        infer_mod.InferProcessor = lambda *a: SlowProcessor(*a, delay_s=job.delay_s, pid_dir=job.pid_dir)
+        infer_mod.InferProcessor = lambda *a: SlowProcessor(*a, delay_s=job.delay_s, pid_dir=job.pid_dir,
+                                                            hang_index=job.hang_index, hang_attempts=job.hang_attempts)
         try:
             return super().run(ctx)
         finally:
@@ -55,8 +65,13 @@ class SlowInfer(Infer):
 if __name__ == "__main__":
     import hepray
 
+    from hepray.errors import HeprayError
+
     job = json.loads(Path(sys.argv[1]).read_text())
-    hepray.run(job, registry=REGISTRY, resume="--resume" in sys.argv, quiet=True)
+    try:
+        hepray.run(job, registry=REGISTRY, resume="--resume" in sys.argv, quiet=True)
+    except HeprayError as exc:  # as the CLI ends
+        sys.exit(f"hepray: error: {exc.message}")
 
 
 class FlakyCommit:

@@ -14,14 +14,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +27,7 @@ import hepray
 from hepray.io.parts import COMMITTED, StorePath, as_path, committed, remove_uncommitted, write_part
 
 from .conftest import infer_job
+from .raycluster import Node, http_status, pids_mentioning, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -169,89 +164,6 @@ def test_job_with_a_file_url_output(ray_session, toy, tmp_path):
 
 # -- a real Ray head and the Jobs API -----------------------------------------------------------
 
-def _free_ports(k: int) -> list[int]:
-    """``k`` distinct free ports: all held open at once while asking (one at a time, the OS may
-    hand out the same port twice, and Ray refuses to start)."""
-    socks = [socket.socket() for _ in range(k)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _wait_http(url: str, token: str, proc: subprocess.Popen, timeout: float) -> None:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(req, timeout=5):
-                return
-        except (urllib.error.URLError, OSError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Ray head did not come up (exit code {proc.poll()})") from None
-            time.sleep(1)
-
-
-def _status(url: str, headers: dict | None = None) -> int:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-class Head:
-    """`ray start --head --block` on this machine with its own ports, temp dir and token."""
-
-    def __init__(self, env: dict, log: Path):
-        self.tmp = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-        names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                 "metrics-export-port", "object-manager-port", "node-manager-port")
-        self.gcs, self.dash, *rest = _free_ports(2 + len(names))
-        ports = {f"--{k}": str(p) for k, p in zip(names, rest)}
-        self.cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs),
-                    "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash),
-                    "--num-cpus", "2", "--temp-dir", self.tmp, "--disable-usage-stats",
-                    *[x for kv in ports.items() for x in kv]]
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.dash}"
-
-    def stop(self) -> None:
-        """Stop this head only: SIGTERM to its `ray start` (it drains and ends its children),
-        then anything still running with this head's temp dir in its command line."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        for pid in _pids_mentioning(self.tmp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if text.encode() in (d / "cmdline").read_bytes():
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
-
-
 SAMPLE = ROOT / "tests" / "data" / "generated" / "sample" / "parts"
 SAMPLE_FEATURES = ["reco_pt", "reco_eta", "reco_mass", "reco_tau21", "reco_tau32", "reco_nconst"]
 
@@ -290,13 +202,13 @@ def test_ray_job_submit_to_a_real_head(tmp_path, s3):
     shutil.copy(ROOT / "jobs" / "infer_bdt.yaml", wd / "jobs")
     shutil.copytree(SAMPLE, wd / "data", ignore=shutil.ignore_patterns("_*"))
     _sample_bdt(wd / "model")
-    head = Head(head_env, tmp_path / "head.log")
+    head = Node(head_env, tmp_path / "head.log", head=True, dashboard=True, num_cpus=2)
     try:
-        _wait_http(f"{head.url}/api/version", token, head.proc, timeout=180)
+        wait_http(f"{head.url}/api/version", token, head.proc, timeout=180)
         # the Jobs API refuses a caller without the token, or with a wrong one
-        assert _status(f"{head.url}/api/jobs/") == 401
-        assert _status(f"{head.url}/api/jobs/", {"Authorization": "Bearer x" * 8}) == 403
-        assert _status(f"{head.url}/api/jobs/", {"Authorization": f"Bearer {token}"}) == 200
+        assert http_status(f"{head.url}/api/jobs/") == 401
+        assert http_status(f"{head.url}/api/jobs/", {"Authorization": "Bearer x" * 8}) == 403
+        assert http_status(f"{head.url}/api/jobs/", {"Authorization": f"Bearer {token}"}) == 200
         # a client with the token but without RAY_AUTH_MODE=token sends no token and is refused
         no_mode = {k: v for k, v in client_env.items() if k != "RAY_AUTH_MODE"}
         r = subprocess.run(["ray", "job", "list", "--address", head.url], env=no_mode, capture_output=True,
@@ -311,7 +223,7 @@ def test_ray_job_submit_to_a_real_head(tmp_path, s3):
         assert re.search(r"done: events_in=5250, events_out=5250", log), log[-3000:]
     finally:
         head.stop()
-    assert not _pids_mentioning(head.tmp)
+    assert not pids_mentioning(head.tmp)
     if s3 is None:
         run = Path(out)
         summary = json.loads((run / "summary.json").read_text())

@@ -166,3 +166,32 @@ def test_many_files_planned_by_ray_tasks_match_driver_planning(ray_session, toy,
     assert [s.shard_id for s in par] == [s.shard_id for s in seq]
     assert len(par) == 80 and len({s.shard_id for s in par}) == 80  # copies of one file stay distinct
     assert sum(s.num_entries for s in par) == 40 * 20_000
+
+
+def test_gpus_per_worker_falls_back_to_cpus_without_a_gpu(ray_session, toy, tmp_path, capsys):
+    """engine.gpus_per_worker (issue 21 item 5) on a cluster without GPUs: one warning line and
+    the same scores as a CPU run (an actor asking Ray for a GPU here would never be placed)."""
+    import numpy as np
+    import uproot
+
+    assert not ray_session.cluster_resources().get("GPU")
+    cpu = hepray.run(infer_job(toy, tmp_path / "cpu", output={"format": "root"}), quiet=True)
+    gpu = hepray.run(infer_job(toy, tmp_path / "gpu", engine={"gpus_per_worker": 1}), quiet=False)
+    assert "engine.gpus_per_worker=1 but the Ray cluster has no GPUs: running on CPUs" in capsys.readouterr().err
+    assert gpu["events_out"] == cpu["events_out"] == 40_000
+
+    def scores(run):
+        a = uproot.concatenate(f"{run}/parts/*.root:hepray", ["event", "score"], library="np")
+        return a["score"][np.argsort(a["event"])]
+    np.testing.assert_array_equal(scores(tmp_path / "gpu"), scores(tmp_path / "cpu"))
+
+
+def test_device_is_cpu_unless_a_gpu_was_given_and_is_visible(monkeypatch):
+    from hepray.models.predict import DEVICE_VAR, device
+
+    monkeypatch.delenv(DEVICE_VAR, raising=False)
+    assert device() == "cpu"
+    monkeypatch.setenv(DEVICE_VAR, "cuda")  # Ray gave a GPU, but torch sees none on this machine
+    import torch
+
+    assert device() == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -65,6 +65,28 @@ def test_worker_killed_mid_run_loses_nothing(ray_session, toy, tmp_path):
     assert len(list(pid_dir.glob("*"))) >= 3  # the killed actor was restarted in a new process
 
 
+def test_a_hanging_shard_is_ended_and_retried(ray_session, toy, tmp_path):
+    """engine.shard_timeout_s (issue 20 item 5): a shard that hangs in its first attempt has its
+    actor replaced and runs again; every event once, nothing failed."""
+    pid_dir = tmp_path / "pids"
+    job = infer_job(toy, tmp_path / "run", kind="slow_infer", delay_s=0.0, pid_dir=str(pid_dir), hang_index=3,
+                    hang_attempts=1, engine={"shard_timeout_s": 4, "keep_warm_s": 0})
+    s = hepray.run(job, registry=REGISTRY, quiet=True)
+    assert s["shards_failed"] == 0 and s["events_out"] == 40_000 and s["workers_lost"] == 1
+    assert len(list((pid_dir / "hang-3").iterdir())) == 2  # two attempts, in two processes
+    np.testing.assert_array_equal(_events(tmp_path / "run")["event"], _expected_events(toy))
+
+
+def test_a_shard_that_always_hangs_fails_after_its_attempts(ray_session, toy, tmp_path):
+    pid_dir = tmp_path / "pids"
+    job = infer_job(toy, tmp_path / "run", kind="slow_infer", delay_s=0.0, pid_dir=str(pid_dir), hang_index=5,
+                    engine={"shard_timeout_s": 3, "max_retries": 1, "on_error": "skip", "keep_warm_s": 0})
+    s = hepray.run(job, registry=REGISTRY, quiet=True)
+    assert s["shards_failed"] == 1 and s["events_out"] == 35_000, s
+    assert "ran longer than engine.shard_timeout_s=3 s in 2 attempts" in s["failed"][0]["error"]
+    assert len(list((pid_dir / "hang-5").iterdir())) == 2
+
+
 def test_driver_killed_then_resume_equals_uninterrupted_run(ray_session, toy, tmp_path):
     ref_job = infer_job(toy, tmp_path / "ref")
     hepray.run(ref_job, quiet=True)

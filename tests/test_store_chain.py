@@ -70,7 +70,10 @@ def _chain(s3):
 
     c = hepray.run(_job("train_classifier", url, **{"training.epochs": 2}), quiet=True)
     assert c["model"] == f"{url}/train_classifier/model"
-    a = hepray.run(_job("train_anomaly", url, **{"training.epochs": 2}), quiet=True)
+    dq = hepray.run(_job("generate_dq", url, processes=[{"name": "qcd", "kind": "qcd", "n_jets": 60}],
+                         **{"generator.jets_per_shard": 30, "output.dir": f"{url}/generate_dq"}), quiet=True)
+    assert dq["events_out"] == 60
+    a = hepray.run(_job("train_anomaly", url, **{"training.epochs": 2}), quiet=True)  # too few jets: no lumisection models
     s = hepray.run(_job("anomaly_scan", url, **{"engine.workers": 2}), quiet=True)
     assert s["events_in"] == s["events_out"] == 180 and s["lumisections"] > 0
     t = hepray.run(_job("train_flashsim", url, **{"training.epochs": 2}), quiet=True)

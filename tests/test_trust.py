@@ -226,5 +226,5 @@ def test_a_commit_that_fails_is_a_retried_attempt_not_a_driver_crash(ray_session
     assert all(committed(tmp_path / "parts", sh.shard_id) for sh in shards)
     s = map_shards(shards, FlakyCommit(str(tmp_path / "flags2")), tmp_path / "parts2", fmt="root", tree="t",
                    compression="zstd", workers=2, max_retries=0)
-    assert s["shards_ok"] == 0 and all(r["error"].startswith("commit failed: ") for r in s["results"]), [r["error"] for r in s["results"]]
+    assert s["shards_ok"] == 0 and all(r["error"].startswith("commit failed: ") for r in s["failed"]), [r["error"] for r in s["failed"]]
     assert not list((tmp_path / "parts2" / "_committed").glob("*"))

@@ -5,6 +5,9 @@
 - :mod:`.lumi`: per-(run, lumisection) running sums over scored events (bounded memory,
   mergeable), the per-lumisection statistics, their p-values under the reference, flags and the
   features that drive each flag.
+- :mod:`.dqm`: per-lumisection histogram models (classical per-variable tests against the
+  reference, an autoencoder on normalised lumisection histograms), pseudo-lumisections and the
+  calibration of their thresholds on held-out good lumisections.
 - :mod:`.search`: event-level search: score histograms per sample, signal efficiency at fixed
   background rates with their statistical precision.
 - :mod:`.plots`: the report's figures.

@@ -114,6 +114,22 @@ class LumiSums:
         self.truth_max[rows] = np.maximum(self.truth_max[rows], other.truth_max[src])
         return self
 
+    @classmethod
+    def from_summary(cls, lumis: dict, n_features: int, event_threshold: float) -> LumiSums:
+        """From the scan's reduced per-shard summaries: ``{"run:lumi": {"n", "sum_score",
+        "sum_fisher", "n_above", "sum_err", "truth" (events per truth code)}}``."""
+        out = cls(n_features, event_threshold)
+        if not lumis:
+            return out
+        keys = [tuple(int(x) for x in k.split(":")) for k in lumis]
+        rows = out._rows_for(_key([k[0] for k in keys], [k[1] for k in keys]))
+        for r, d in zip(rows, lumis.values()):
+            for name in ("n", "sum_score", "sum_fisher", "n_above", "sum_err"):
+                getattr(out, name)[r] = d[name]
+            t = np.flatnonzero(np.asarray(d["truth"]))
+            out.truth_max[r] = int(t.max()) if len(t) else 0
+        return out
+
     def arrays(self) -> dict:
         """The sums as arrays sorted by (run, lumisection)."""
         keys = np.fromiter(self.rows.keys(), dtype=np.int64, count=len(self.rows))
@@ -226,4 +242,46 @@ def good_lumi_ranges(run: np.ndarray, lumi: np.ndarray, good: np.ndarray) -> dic
             ranges[-1][1] = lu
         else:
             ranges.append([lu, lu])
+    return out
+
+
+TRUTH_CODES = 8  # truth codes 0..7 counted per lumisection (larger ones count as 7)
+
+
+def lumi_summary(run, lumi, score, pvalue, errors, event_threshold: float, truth=None,
+                 hist_index: np.ndarray | None = None, n_bins: int = 0, maps: list | None = None) -> dict:
+    """One shard's per-lumisection sums as a per-shard summary (hepray/engine/summary.py):
+    ``{"run:lumi": {"n", "sum_score", "sum_fisher", "n_above", "sum_err" [F], "truth" [codes],
+    "hist" [V, B]}}``. Summaries of shards add key by key, so a lumisection split over shards
+    gets the sums of all its events; ``hist`` (the binned monitored variables, from
+    ``hist_index`` [n, V]) and ``maps`` ([M, 3, C] from ``maps``: (ProfileMap, cell, w) per map)
+    feed the histogram models of :mod:`.dqm`."""
+    score = np.asarray(score, dtype=np.float64)
+    if not len(score):
+        return {}
+    keys, inv = np.unique(_key(run, lumi), return_inverse=True)
+    m = len(keys)
+    n = np.bincount(inv, minlength=m)
+    s = np.bincount(inv, score, minlength=m)
+    fis = np.bincount(inv, -2.0 * np.log(np.asarray(pvalue, dtype=np.float64)), minlength=m)
+    above = np.bincount(inv, score > event_threshold, minlength=m).astype(np.int64)
+    errors = np.asarray(errors, dtype=np.float64)
+    err = np.stack([np.bincount(inv, errors[:, f], minlength=m) for f in range(errors.shape[1])], axis=1)
+    t = np.zeros(len(score), np.int64) if truth is None else np.clip(np.asarray(truth, np.int64), 0, TRUTH_CODES - 1)
+    tc = np.bincount(inv * TRUTH_CODES + t, minlength=m * TRUTH_CODES).reshape(m, TRUTH_CODES)
+    if hist_index is not None:
+        from .dqm import counts_from_index
+
+        h = counts_from_index(hist_index, n_bins, inv, m)
+    if maps:
+        ms = np.stack([pm.sums(cell, w, inv, m) for pm, cell, w in maps], axis=1)
+    out = {}
+    for i, k in enumerate(keys.tolist()):
+        d = {"n": int(n[i]), "sum_score": float(s[i]), "sum_fisher": float(fis[i]), "n_above": int(above[i]),
+             "sum_err": err[i], "truth": tc[i]}
+        if hist_index is not None:
+            d["hist"] = h[i]
+        if maps:
+            d["maps"] = ms[i]
+        out[f"{k >> 32}:{k & 0xFFFFFFFF}"] = d
     return out

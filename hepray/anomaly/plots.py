@@ -115,3 +115,37 @@ def loss_curve(history: list[dict], path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def methods_per_run(run: int, lumi: np.ndarray, truth: np.ndarray, methods: dict, path) -> Path:
+    """One run's summary: per method (a panel each), every lumisection's ``-log10 p`` against the
+    method's threshold (dashed), flagged lumisections in red, true faults marked below.
+
+    ``methods``: name -> {"p": [L], "threshold": float, "flagged": [L] bool, "label": str}."""
+    plt = _plt()
+    lumi = np.asarray(lumi)
+    contiguous = len(lumi) < 2 or np.all(np.diff(lumi) == 1)
+    x = lumi if contiguous else np.arange(len(lumi))  # gaps in the numbering: lumisections side by side
+    fig, axes = plt.subplots(len(methods), 1, figsize=(9, 2.3 * len(methods) + 0.8), sharex=True, squeeze=False)
+    for ax, (name, m) in zip(axes[:, 0], methods.items()):
+        s = np.minimum(-np.log10(np.clip(np.asarray(m["p"], dtype=np.float64), 1e-300, None)), 300.0)
+        f = np.asarray(m["flagged"], bool)
+        thr = -np.log10(m["threshold"])
+        top = max(np.nanmax(s) if len(s) else 1.0, thr, 1.0)
+        ax.plot(x[~f], s[~f], "o", ms=3, color="tab:blue", label="not flagged")
+        ax.plot(x[f], s[f], "o", ms=4.5, color="tab:red", label="flagged")
+        ax.axhline(thr, ls="--", color="tab:red", lw=1, label=f"threshold (p < {m['threshold']:.2g})")
+        for code in np.unique(truth[truth > 0]):
+            mk, c = _FAULT_STYLE.get(int(code), ("x", "k"))
+            sel = truth == code
+            ax.plot(x[sel], np.full(sel.sum(), 1.08 * top), mk, color=c, ms=5, label=f"truth: {FAULT_NAMES.get(int(code), code)}")
+        ax.set_ylabel("-log10 p" if name != "combined" else "-log10 (p / threshold), best method")
+        ax.set_title(m.get("label", name), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=5, loc="lower right" if top > 3 * thr else "upper right")
+    if not contiguous:
+        step = max(1, len(lumi) // 30)
+        axes[-1, 0].set_xticks(x[::step], [str(v) for v in lumi[::step]], rotation=60, fontsize=7)
+    axes[-1, 0].set_xlabel("lumisection")
+    fig.suptitle(f"run {run}: per-lumisection statistic vs threshold, per method", fontsize=10)
+    return _save(fig, path)

@@ -17,7 +17,7 @@ from ..io.parts import COMMITTED, AnyPath, as_path, atomic_writer
 from ..io.store import RunStore
 from . import executor, tasks
 from .summary import encode as encode_summary
-from .runtime import alive_nodes, cluster_cpus, ensure_ray, ray_initialized, ray_on_hand
+from .runtime import alive_nodes, cluster_cpus, cluster_gpus, ensure_ray, ray_initialized, ray_on_hand
 
 
 WHY_REDONE = {"stale": "made by a different job (fingerprint differs)", "torn": "with a missing or torn part",
@@ -72,6 +72,15 @@ class RunContext:
         if self._workers:
             return self._workers
         return max(1, int(cluster_cpus() / self.job.engine.cpus_per_worker))
+
+    def _gpus(self) -> float:
+        """engine.gpus_per_worker, or 0 with a warning where the cluster has no GPU (the CPU
+        fallback: an actor asking for a GPU there would never be placed)."""
+        want = self.job.engine.gpus_per_worker
+        if want and not cluster_gpus():
+            self.log(f"engine.gpus_per_worker={want:g} but the Ray cluster has no GPUs: running on CPUs")
+            return 0.0
+        return want
 
     def join(self) -> None:
         """Start or join Ray now (a trainer about to ask for CPUs; frees parked shard actors)."""
@@ -142,26 +151,26 @@ class RunContext:
             workers=self.workers(), cpus_per_worker=eng.cpus_per_worker, in_flight=eng.in_flight,
             max_retries=eng.max_retries, resume=self.resume, total=total, progress_every_s=eng.progress_every_s,
             label=self.job.name, keep_warm_s=eng.keep_warm_s, shard_timeout_s=eng.shard_timeout_s,
+            restart_timeout_s=eng.restart_timeout_s, gpus_per_worker=self._gpus(),
         )
         if summary["shards_redone"]:
             why = ", ".join(f"{n} {WHY_REDONE[k]}" for k, n in summary["redone"].items())
             self.log(f"resume: {summary['shards_redone']} committed parts redone ({why})")
-        failed = [r for r in summary["results"] if r["status"] != "ok"]
+        failed, ledger = summary["failed"], summary.pop("ledger")
         skipped_files = shards.skipped if isinstance(shards, Plan) else []
         manifest = {
             "job": self.job.name, "kind": self.job.kind, "format": out.format, "tree": tree or out.tree,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **{k: v for k, v in summary.items() if k not in ("results", "summary")},
+            **{k: v for k, v in summary.items() if k not in ("failed", "summary")},
             "shards_failed": len(failed),
-            "parts": [{k: r.get(k) for k in ("index", "shard_id", "source", "sample", "part", "n_in", "n_out",
-                                              "bytes_written", "sha256", "nonfinite")}
-                      for r in summary["results"] if r["status"] == "ok"],
             "failed": [{k: r.get(k) for k in ("shard_id", "source", "error")} for r in failed],
             "skipped_files": skipped_files,
         }
         if summary["summary"] is not None:  # encoded: the manifest stays JSON
             manifest["summary"] = encode_summary(summary["summary"])
-        self.write_json(f"{name}/_manifest.json", manifest)
+        # the parts' entries stream from the ledger (on disk) into the file, in plan order
+        self.store.write_json(f"{name}/_manifest.json", manifest, stream=("parts", ledger.parts()))
+        ledger.close()
         summary = {**{k: v for k, v in manifest.items() if k != "parts"}, "summary": summary["summary"]}
         self.summaries[name] = summary
         if failed and self.job.engine.on_error == "fail":

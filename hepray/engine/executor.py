@@ -9,18 +9,22 @@ itself: arrays never travel back to the driver. Actors stay warm between runs (e
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Iterable
 
 from ..data import files
 from ..data.shard import Shard
 from ..errors import HeprayError
 from ..extras import LEAN_XGBOOST
+from ..models.predict import DEVICE_VAR
 from ..io.parts import as_path, fingerprint, marker_state, part_fingerprint, remove_uncommitted, write_part
 from . import pool
 from . import summary as summaries
+from .ledger import Ledger
 from .progress import Progress
 
 KEEP_OPEN = 2  # trees an actor keeps open for its next shards (a NanoAOD tree costs ~0.3 s to open)
@@ -32,11 +36,14 @@ class ShardWorker:
     (token, [ref]): a new token means a new run (or an actor Ray restarted, which lost them), and
     the actor then fetches the processor and sets it up: once per actor and run, not per shard."""
 
-    def __init__(self, num_cpus: float):
+    def __init__(self, num_cpus: float, num_gpus: float = 0):
         # Before any math library starts its thread pool in this process. Set here rather than in a
         # runtime_env, which would make Ray spawn fresh worker processes instead of reusing idle ones.
         for var in THREAD_VARS:
             os.environ[var] = str(max(1, int(num_cpus)))
+        # models.predict puts torch on it and gives xgboost device=cuda; Ray has set
+        # CUDA_VISIBLE_DEVICES to the GPUs it gave this actor
+        os.environ[DEVICE_VAR] = "cuda" if num_gpus > 0 else "cpu"
         os.environ[LEAN_XGBOOST] = "1"  # this process is the actor's alone (extras.import_xgboost)
         self.num_cpus = max(1, int(num_cpus))
         self.token = None
@@ -91,15 +98,23 @@ class ShardWorker:
 def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree: str, compression: str,
                workers: int, cpus_per_worker: float = 1.0, in_flight: int | None = None, max_retries: int = 2,
                resume: bool | str = False, total: tuple[int, int] | None = None, progress_every_s: float = 5.0,
-               label: str = "run", keep_warm_s: float = 0.0, shard_timeout_s: float | None = None) -> dict:
-    """Run ``processor`` over ``shards`` on ``workers`` actors; return counters and per-shard results.
+               label: str = "run", keep_warm_s: float = 0.0, shard_timeout_s: float | None = None,
+               restart_timeout_s: float = 180.0, gpus_per_worker: float = 0) -> dict:
+    """Run ``processor`` over ``shards`` on ``workers`` actors; return counters, the failed shards'
+    records and the ledger of committed ones (engine.ledger: on disk, streamed into the manifest).
 
     ``total`` = (shards, events) for the progress line and ETA. Results of committed shards are
     read from their markers, so the returned list is complete on --resume too; a committed part
     made by another job (its fingerprint differs) is redone, or with ``resume="strict"`` the
     run is refused before anything runs. A shard running longer than ``shard_timeout_s`` has its
-    actor restarted and is tried again (``max_retries``), then reported as failed. The actors
-    come from, and go back to, the warm pool (``keep_warm_s`` > 0; see engine.pool).
+    actor replaced and is tried again (``max_retries``), then reported as failed.
+
+    Losing an actor (its process or its node died) costs its shards one attempt each: they go to
+    the actors that are left at once, and a replacement actor is asked for; it joins when Ray
+    can place it (the node is back, an autoscaler added one), so the pool shrinks and grows
+    again. Shards only go to actors that have started, so a replacement Ray cannot place holds
+    nothing up; with no actor left for ``restart_timeout_s`` the run ends with one line. The
+    actors come from, and go back to, the warm pool (``keep_warm_s`` > 0; see engine.pool).
     """
     import ray
 
@@ -110,21 +125,21 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         if iter(shards) is shards:  # a one-pass iterator: the check must not use it up
             shards = list(shards)
         _refuse_changed(shards, parts_dir, run_fp)
-    actors, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries)
+    first, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries, gpus_per_worker)
     # the run's settings (the processor holds config and model bytes) go to the object store once;
-    # the driver holds the ref until the end, so a restarted actor can always fetch them again
+    # the driver holds the ref until the end, so a replacement actor can always fetch them
     token = uuid.uuid4().hex
     box = [ray.put((processor, str(parts_dir), fmt, tree, compression, run_fp))]
     per_actor = 1 + (in_flight if in_flight is not None else 1)
-    load = [0] * workers
-    queues: list[list] = [[] for _ in range(workers)]  # refs per actor, in the order it runs them
-    head_since = [0.0] * workers  # when the actor's first queued task started (estimate)
-    last_file: list[str | None] = [None] * workers  # an actor keeps the trees it read open (KEEP_OPEN)
-    pending: dict = {}  # ref -> (actor index, shard)
-    tries: dict[str, int] = {}  # shard id -> attempts the driver made (timeouts, failed commits)
-    results: list[dict] = []
+    slots = [_Slot(a) for a in first]
+    pending: dict = {}  # task ref -> (slot, shard)
+    backlog: deque[Shard] = deque()  # shards to run again (their actor was lost), before new ones
+    tries: dict[str, int] = {}  # shard id -> attempts lost to timeouts, failed commits, lost actors
+    ledger = Ledger()  # finished shards: no per-shard record stays in the driver's memory
     total_summary = [None]  # the processors' per-shard summaries, added as they arrive (engine.summary)
     redone: dict[str, int] = {}  # why committed parts were not kept on --resume
+    lost = [0]  # actors lost (process or node died, or replaced after a shard timeout)
+    none_since = [time.monotonic()]  # since when no actor has been ready (for restart_timeout_s)
     n_shards, n_events = total or (0, 0)
     prog = Progress(label, n_shards, n_events, progress_every_s)
 
@@ -132,42 +147,49 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
         return {"shard_id": shard.shard_id, "index": shard.index, "source": shard.describe(), "status": "failed",
                 "n_in": shard.num_entries, "n_out": 0, "sample": shard.sample, "error": error}
 
+    def has_room(room: int) -> bool:
+        return any(sl.ready and len(sl.queue) < room for sl in slots)
+
     def submit(shard: Shard, room: int) -> None:
         # the actor that read this file last, if it has room (its tree is still open), else the least loaded
-        free = [j for j in range(workers) if load[j] < room]
-        i = next((j for j in free if last_file[j] == shard.file), min(free, key=load.__getitem__))
-        load[i] += 1
-        last_file[i] = shard.file
-        ref = actors[i].run.remote(shard.to_dict(), token, box)
-        if not queues[i]:
-            head_since[i] = time.monotonic()
-        queues[i].append(ref)
-        pending[ref] = (i, shard)
+        free = [sl for sl in slots if sl.ready and len(sl.queue) < room]
+        sl = next((x for x in free if x.last_file == shard.file), None) or min(free, key=lambda x: len(x.queue))
+        sl.last_file = shard.file
+        ref = sl.actor.run.remote(shard.to_dict(), token, box)
+        if not sl.queue:
+            sl.head_since = time.monotonic()
+        sl.queue.append(ref)
+        pending[ref] = (sl, shard)
 
-    def forget(ref) -> tuple[int, Shard]:
-        i, shard = pending.pop(ref)
-        load[i] -= 1
-        queues[i].remove(ref)
-        head_since[i] = time.monotonic()
-        return i, shard
+    def forget(ref) -> tuple[_Slot, Shard]:
+        sl, shard = pending.pop(ref)
+        sl.queue.remove(ref)
+        sl.head_since = time.monotonic()
+        return sl, shard
 
-    def time_out(i: int) -> list[Shard]:
-        """Actor ``i`` ran its shard too long: cancel its tasks, restart it; the shards to redo."""
-        refs = list(queues[i])
-        for ref in refs:
-            ray.cancel(ref)  # cancelled tasks are not retried by Ray when the actor restarts
-        ray.kill(actors[i], no_restart=False)
-        again = []
-        for k, ref in enumerate(refs):
-            _, shard = forget(ref)
-            if k == 0:  # the one that ran too long
-                tries[shard.shard_id] = tries.get(shard.shard_id, 0) + 1
-                if tries[shard.shard_id] > max_retries:
-                    record(failed(shard, f"ran longer than engine.shard_timeout_s={shard_timeout_s:g} s in "
-                                         f"{tries[shard.shard_id]} attempts; raise it or make the shard smaller"))
-                    continue
-            again.append(shard)
-        return again
+    def again(shard: Shard, why: str, hint: str = "") -> None:
+        """One more attempt for ``shard``, or its failure when it has had them all."""
+        n = tries[shard.shard_id] = tries.get(shard.shard_id, 0) + 1
+        if n > max_retries:
+            record(failed(shard, f"{why} in {n} attempts{hint}"))
+        else:
+            backlog.append(shard)
+
+    def replace(sl: _Slot, why: str, hint: str = "") -> None:
+        """The slot's actor is gone (or is ended): the shard it ran pays an attempt, those queued
+        behind it go back as they were, and a new actor is asked for."""
+        for k, ref in enumerate(list(sl.queue)):
+            ray.cancel(ref)  # a task queued on a killed actor must not run after all
+            shard = forget(ref)[1]
+            if k == 0:
+                again(shard, why, hint)
+            else:
+                backlog.appendleft(shard)
+        pool.kill([sl.actor])
+        lost[0] += 1
+        sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries, gpus_per_worker))
+        print(f"[hepray {label}] worker lost ({why}); {sum(x.ready for x in slots)} of {len(slots)} workers "
+              "left, a replacement is asked for", file=sys.stderr, flush=True)
 
     def add_summary(res: dict) -> None:
         if res.get("status") == "ok" and res.get("summary") is not None:
@@ -176,36 +198,77 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
 
     def record(res: dict) -> None:
         add_summary(res)
-        results.append(res)
+        ledger.add(res)
         prog.update(res.get("n_in", 0) if res["status"] == "ok" else 0, failed=res["status"] != "ok")
 
-    def drain(block_until: int) -> None:
-        while len(pending) > block_until:
-            wait_s = None
-            if shard_timeout_s:
-                now = time.monotonic()
-                busy = [j for j in range(workers) if queues[j]]
-                wait_s = max(0.0, min(head_since[j] + shard_timeout_s - now for j in busy)) + 0.05
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
-            if not done:
-                now = time.monotonic()
-                for j in [j for j in range(workers) if queues[j] and now - head_since[j] > shard_timeout_s]:
-                    for shard in time_out(j):
-                        submit(shard, per_actor)
-                continue
-            ref = done[0]
-            _, shard = forget(ref)
+    def step() -> None:
+        """Wait for one event: a shard's result, a replacement actor that started, or a timeout."""
+        event()
+        if any(sl.ready for sl in slots):
+            none_since[0] = float("inf")
+        elif none_since[0] == float("inf"):
+            none_since[0] = time.monotonic()
+
+    def event() -> None:
+        now = time.monotonic()
+        starting = {sl.ready_ref: sl for sl in slots if not sl.ready and sl.actor is not None}
+        waits = [restart_timeout_s - (now - none_since[0])] if not any(sl.ready for sl in slots) else []
+        if shard_timeout_s:
+            waits += [sl.head_since + shard_timeout_s - now for sl in slots if sl.queue]
+        wait_s = max(0.0, min(waits)) + 0.05 if waits else None
+        done = ray.wait([*pending, *starting], num_returns=1, timeout=wait_s)[0] if pending or starting else []
+        now = time.monotonic()
+        if not done:
+            if not any(sl.ready for sl in slots) and (now - none_since[0] >= restart_timeout_s or not starting):
+                raise HeprayError(
+                    f"no worker left: {lost[0]} lost (a node died?) and none could start again within "
+                    f"engine.restart_timeout_s={restart_timeout_s:g} s; {ledger.ok} shards are done and "
+                    "their parts are kept: rerun with --resume when the cluster has CPUs again")
+            for sl in [x for x in slots if shard_timeout_s and x.queue and now - x.head_since > shard_timeout_s]:
+                replace(sl, f"ran longer than engine.shard_timeout_s={shard_timeout_s:g} s",
+                        "; raise it or make the shard smaller")
+            return
+        ref = done[0]
+        if ref in starting:
+            sl = starting[ref]
             try:
-                res = ray.get(ref)
-            except Exception as exc:  # actor died more often than retries allow
-                res = failed(shard, f"worker lost after {max_retries} retries: {str(exc).splitlines()[0][:300]}")
-            if not isinstance(res, dict) or "status" not in res:  # never a driver crash
-                res = {**failed(shard, f"attempt returned no commit record ({type(res).__name__})"), "retry": True}
-            if res.pop("retry", False) and tries.get(shard.shard_id, 0) < max_retries:
-                tries[shard.shard_id] = tries.get(shard.shard_id, 0) + 1
-                submit(shard, per_actor)
-                continue
-            record(res)
+                ray.get(ref)
+                sl.ready, sl.start_failures = True, 0
+                if sl.started_late:
+                    print(f"[hepray {label}] worker back: {sum(x.ready for x in slots)} of {len(slots)} workers",
+                          file=sys.stderr, flush=True)
+            except Exception as exc:  # it could not start: ask again, a few times
+                sl.start_failures += 1
+                why = str(exc).splitlines()[0][:200]
+                if sl.start_failures >= 3:
+                    sl.actor = None
+                    print(f"[hepray {label}] a worker failed to start 3 times ({why}); going on with fewer",
+                          file=sys.stderr, flush=True)
+                else:
+                    sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries, gpus_per_worker))
+            return
+        sl, shard = pending[ref]
+        try:
+            res = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # its process or its node died
+            replace(sl, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            return
+        except Exception as exc:
+            forget(ref)
+            record(failed(shard, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+            return
+        forget(ref)
+        if not isinstance(res, dict) or "status" not in res:  # never a driver crash
+            res = {**failed(shard, f"attempt returned no commit record ({type(res).__name__})"), "retry": True}
+        if res.pop("retry", False) and tries.get(shard.shard_id, 0) < max_retries:
+            tries[shard.shard_id] = tries.get(shard.shard_id, 0) + 1
+            backlog.append(shard)
+            return
+        record(res)
+
+    def fill(room: int) -> None:
+        while backlog and has_room(room):
+            submit(backlog.popleft(), room)
 
     parked, seen = False, 0
     try:
@@ -216,7 +279,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                 if state == "ok":
                     rec = {**rec, "resumed": True}
                     add_summary(rec)
-                    results.append(rec)
+                    ledger.add(rec)
                     prog.skipped += rec.get("n_in", 0)
                     prog.shards += 1
                     continue
@@ -225,31 +288,57 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             # the last ``workers`` shards go only to idle actors: queued behind a busy actor, one of
             # them could keep the run going for a whole shard while another actor sits idle
             room = 1 if n_shards and n_shards - seen < workers else per_actor
-            drain(workers * room - 1)
+            fill(room)
+            while backlog or not has_room(room):
+                step()
+                fill(room)
             submit(shard, room)
-        drain(0)
-        pool.park(actors, pool_key, keep_warm_s)
+        while pending or backlog:
+            fill(1 if n_shards else per_actor)  # shards sent back at the end: to idle actors
+            if pending or backlog:
+                step()
+        # actors still starting are parked too (a short run may end before one is up); one Ray
+        # cannot place is released with the pool, like any parked actor
+        pool.park([sl.actor for sl in slots if sl.actor is not None], pool_key, keep_warm_s)
         parked = True
     finally:
         if not parked:  # interrupted: work may still be in flight on them
-            pool.kill(actors)
-    ok = [r for r in results if r["status"] == "ok"]
+            prog.close()
+            pool.kill([sl.actor for sl in slots if sl.actor is not None])
     # exactly the manifest's parts stay: a loser's, a dead attempt's or an older job's files go
-    remove_uncommitted(parts_dir, {r["part"] for r in ok}, {r["shard_id"] for r in ok})
+    remove_uncommitted(parts_dir, *ledger.kept())
     prog.print(final=True)
-    results.sort(key=lambda r: r.get("index", 0))
     return {
-        "shards": len(results),
-        "shards_ok": len(ok),
-        "shards_resumed": sum(bool(r.get("resumed")) for r in results),
+        "shards": ledger.shards,
+        "shards_ok": ledger.ok,
+        "shards_resumed": ledger.resumed,
         "shards_redone": sum(redone.values()),
         "redone": redone,
-        "events_in": sum(r.get("n_in", 0) for r in ok),
-        "events_out": sum(r.get("n_out", 0) for r in ok),
+        "workers_lost": lost[0],
+        "events_in": ledger.events_in,
+        "events_out": ledger.events_out,
         "seconds": round(time.monotonic() - prog.t0, 3),
         "summary": total_summary[0],
-        "results": results,
+        "failed": sorted(ledger.failed, key=lambda r: r.get("index", 0)),
+        "ledger": ledger,
     }
+
+
+class _Slot:
+    """One place in the pool: its actor, whether it has started, the refs queued on it in order."""
+
+    def __init__(self, actor):
+        self.queue: list = []
+        self.last_file: str | None = None  # an actor keeps the trees it read open (KEEP_OPEN)
+        self.head_since = 0.0  # when the first queued task started (estimate)
+        self.started_late = False
+        self.start_failures = 0
+        self.start(actor, late=False)
+
+    def start(self, actor, late: bool = True) -> None:
+        self.actor, self.ready, self.started_late = actor, False, late
+        self.ready_ref = actor.pid.remote()  # resolves once Ray has placed and started it
+        self.last_file = None
 
 
 def _refuse_changed(shards: Iterable[Shard], parts_dir, run_fp: str) -> None:

@@ -20,11 +20,11 @@ _actors: list = []
 _timer: threading.Timer | None = None
 
 
-def acquire(actor_cls, n: int, num_cpus: float, max_retries: int) -> tuple[list, tuple]:
+def acquire(actor_cls, n: int, num_cpus: float, max_retries: int, num_gpus: float = 0) -> tuple[list, tuple]:
     """``n`` actors of ``actor_cls`` (parked ones first), and the key to park them under."""
     import ray
 
-    key = (ray.get_runtime_context().get_session_name(), actor_cls.__qualname__, num_cpus, max_retries)
+    key = (ray.get_runtime_context().get_session_name(), actor_cls.__qualname__, num_cpus, num_gpus, max_retries)
     global _key, _actors
     with _lock:
         _cancel_timer()
@@ -34,8 +34,17 @@ def acquire(actor_cls, n: int, num_cpus: float, max_retries: int) -> tuple[list,
         _key, _actors = None, []  # taken out: a run that fails kills them instead of parking
     kill(taken[n:])
     taken = taken[:n]
-    Actor = ray.remote(actor_cls).options(num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_retries)
-    return taken + [Actor.remote(num_cpus) for _ in range(n - len(taken))], key
+    return taken + [new_actor(actor_cls, num_cpus, max_retries, num_gpus) for _ in range(n - len(taken))], key
+
+
+def new_actor(actor_cls, num_cpus: float, max_retries: int, num_gpus: float = 0):
+    """A fresh shard actor. Ray does not restart it: a lost actor is replaced by the executor,
+    which sends its shards to the actors that are left (a restart on a lost node would wait)."""
+    import ray
+
+    del max_retries  # part of the pool's key; retries are the executor's
+    return ray.remote(actor_cls).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
+                                         max_task_retries=0).remote(num_cpus, num_gpus)
 
 
 def park(actors: list, key: tuple, keep_warm_s: float) -> None:

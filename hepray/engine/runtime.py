@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+
+from ..errors import ClusterUnreachable
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, keep_pool: bool = False) -> None:
@@ -22,9 +25,54 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, keep_
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True)
     if address is None:
-        # A local instance: no dashboard (it binds a port and costs seconds), our package on the path.
+        # A local instance: no dashboard (it binds a port and costs seconds). Ray 2.60's servers
+        # listen on every interface whatever node address is given (no bind option), so the
+        # token is what keeps other machines out: Ray turns it on for a new local instance
+        # unless RAY_AUTH_MODE says otherwise (set here, the driver's cached mode would differ).
         kwargs.update(include_dashboard=False, num_cpus=num_cpus)
-    ray.init(address=address, **kwargs)
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            logging.getLogger("hepray").warning(
+                "RAY_AUTH_MODE=disabled: this local Ray instance listens on every network interface "
+                "without a token; anyone who can reach this machine can run code in it")
+        ray.init(**kwargs)
+        return
+    _check_listening(address)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:  # Ray logs the cause (e.g. InvalidAuthToken) above its own message
+        raise ClusterUnreachable(address, _refused_hint()) from exc
+
+
+def _gcs_host_port(address: str) -> tuple[str, int] | None:
+    """host and port of a ``host:port`` GCS address (``auto``, ``ray://`` and URLs: None)."""
+    if address in ("auto", "local") or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def _check_listening(address: str) -> None:
+    """One line at once when nothing listens at ``address`` (Ray itself retries for a minute)."""
+    hp = _gcs_host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=5).close()
+    except OSError as exc:
+        raise ClusterUnreachable(address, f"nothing answers there ({exc.strerror or exc}); check RAY_ADDRESS or "
+                                          "--address (host:port of the head's GCS, 6379 by default) and that "
+                                          "the head is running") from None
+
+
+def _refused_hint() -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return ("the head refused the connection; a cluster with token authentication needs "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) set to its token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        return ("the head refused the connection; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
+                "cluster's token (RAY_AUTH_MODE=token is set, the token came from ~/.ray/auth_token)")
+    return ("the head refused the connection or its token; check that RAY_AUTH_TOKEN (or the file "
+            "RAY_AUTH_TOKEN_PATH names) holds the token the cluster was started with")
 
 
 def ray_on_hand(address: str | None = None) -> bool:
@@ -43,6 +91,12 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
 def ray_initialized() -> bool:

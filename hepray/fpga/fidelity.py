@@ -117,10 +117,9 @@ def passes(report: dict, min_agreement: float = 0.995, max_auc_drop: float = 0.0
 def plots(float_out: np.ndarray, fixed_out: np.ndarray, labels: np.ndarray | None, out_dir: str | Path, *,
           multiclass: bool = False, signal_class: int = 0, title: str = "", report: dict | None = None) -> list[str]:
     """ROC (float vs fixed point) and score-difference plots as PNG; returns the file names."""
-    import matplotlib
+    from ..report.plots import _plt, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()  # mplhep style of the job's report: block
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,9 +142,7 @@ def plots(float_out: np.ndarray, fixed_out: np.ndarray, labels: np.ndarray | Non
             ax.set_ylabel("background acceptance")
             ax.set_title(title or "ROC: float vs fixed point")
             ax.legend(loc="lower right", fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out_dir / "roc.png", dpi=110)
-            plt.close(fig)
+            _save(fig, out_dir / "roc.png")
             written.append("roc.png")
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     axes[0].hist(sq - sf, bins=80, histtype="step")
@@ -159,8 +156,6 @@ def plots(float_out: np.ndarray, fixed_out: np.ndarray, labels: np.ndarray | Non
         axes[1].axvline(report["working_point"]["threshold_float"], color="r", lw=0.8)
         axes[1].axhline(report["working_point"]["threshold_float"], color="r", lw=0.8)
     fig.suptitle(title or "fixed point vs float")
-    fig.tight_layout()
-    fig.savefig(out_dir / "scores.png", dpi=110)
-    plt.close(fig)
+    _save(fig, out_dir / "scores.png")
     written.append("scores.png")
     return written

@@ -135,10 +135,9 @@ def run_scan(art: Artifact, Z: np.ndarray, labels: np.ndarray | None, grid: list
 
 
 def plot_scan(result: dict, path: str | Path) -> str:
-    import matplotlib
+    from ..report.plots import _plt, _save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()  # mplhep style of the job's report: block
 
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -151,7 +150,5 @@ def plot_scan(result: dict, path: str | Path) -> str:
     if result.get("chosen"):
         ax.set_title(f"chosen: {result['chosen']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return str(path)

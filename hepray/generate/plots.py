@@ -108,10 +108,9 @@ def summarize(samples: dict[str, dict[str, np.ndarray]], pt_range: tuple[float, 
 def make_plots(samples: dict[str, dict[str, np.ndarray]], out_dir: str | Path, pt_range: tuple[float, float],
                summary: dict | None = None) -> list[Path]:
     """jet_mass.png, tau32.png and pt_response.png in ``out_dir``; returns their paths."""
-    import matplotlib
+    from ..report.plots import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()  # mplhep style of the job's report: block
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +175,6 @@ def make_plots(samples: dict[str, dict[str, np.ndarray]], out_dir: str | Path, p
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from ..report.plots import _save as save
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)  # the experiment label, then saved

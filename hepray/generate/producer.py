@@ -149,14 +149,17 @@ def _jet_features(px, py, pz, e, offsets, mask, radius) -> dict[str, np.ndarray]
             "tau21": safe_ratio(t[:, 1], t[:, 0]), "tau32": safe_ratio(t[:, 2], t[:, 1]), "nconst": nconst}
 
 
-def detector_level(job: GenerateConfig, detector: DetectorSpec, task: ShardTask, g: GenJets) -> dict:
-    """Columns of one part from the generator-level jets: detector response, faults, features."""
+def detector_level(job: GenerateConfig, detector: DetectorSpec, task: ShardTask, g: GenJets,
+                   gen_features: dict | None = None) -> dict:
+    """Columns of one part from the generator-level jets: detector response, faults, features.
+    ``gen_features``: the generator-level jet features when already known (a replay of the same
+    jets, hepray/generate/replay.py), so their N-subjettiness is not recomputed."""
     js, gen = job.jets, job.generator
     c, off = g.const, g.offsets
     counts = np.diff(off)
     jet_of = np.repeat(np.arange(g.n_jets), counts)
     gk = kinematics(c["px"], c["py"], c["pz"], c["e"])
-    gj = _jet_features(c["px"], c["py"], c["pz"], c["e"], off, None, js.radius)
+    gj = gen_features if gen_features is not None else _jet_features(c["px"], c["py"], c["pz"], c["e"], off, None, js.radius)
 
     lumi = g.event // gen.events_per_lumi
     fidx = F.lumi_fault_index(lumi, job.faults)

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -471,9 +471,19 @@ def remove_uncommitted(parts_dir: str | os.PathLike | StorePath, keep_parts: set
     return n
 
 
-def write_json_atomic(path: str | os.PathLike | StorePath, obj) -> None:
+def write_json_atomic(path: str | os.PathLike | StorePath, obj, stream: tuple[str, Iterable] | None = None) -> None:
+    """``obj`` as JSON, whole or not at all. ``stream=(key, items)`` adds ``obj[key] = list(items)``
+    written item by item, so a manifest of 10^6 parts never sits in memory as one list."""
     with atomic_writer(path) as f:
-        f.write(json.dumps(obj, indent=1, default=_default))
+        if stream is None:
+            f.write(json.dumps(obj, indent=1, default=_default))
+            return
+        key, items = stream
+        head = json.dumps(obj, indent=1, default=_default)[:-1].rstrip()  # without its closing brace
+        f.write(head + (",\n" if obj else "\n") + f" {json.dumps(key)}: [")
+        for k, item in enumerate(items):
+            f.write(("," if k else "") + "\n  " + json.dumps(item, default=_default))
+        f.write("\n ]\n}")
 
 
 def _default(o):

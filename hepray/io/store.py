@@ -64,10 +64,11 @@ class RunStore:
         return self._scratch
 
     # -- small records -----------------------------------------------------------------------
-    def write_json(self, rel: str, obj) -> AnyPath:
+    def write_json(self, rel: str, obj, stream=None) -> AnyPath:
+        """``obj`` as JSON at ``rel``; ``stream=(key, items)``: see io.parts.write_json_atomic."""
         path = self.path(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, obj)
+        write_json_atomic(path, obj, stream)
         return path
 
     def read_json(self, rel: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,22 @@ class ModelBundle:
         return [f"{prefix}_{c}" for c in (self.classes if len(self.classes) == n else range(n))]
 
 
+DEVICE_VAR = "HEPRAY_DEVICE"  # set by the shard actor: "cuda" when Ray gave it a GPU
+
+
+def device() -> str:
+    """Where this process predicts: ``cuda`` if its shard actor was given a GPU and one is
+    visible, else ``cpu`` (the fallback: a GPU job on a machine without one runs on CPUs)."""
+    if os.environ.get(DEVICE_VAR) != "cuda":
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # xgboost alone: trust Ray's assignment
+        return "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+
+
 def _load_xgboost(bundle: ModelBundle, nthread: int):
     xgb = import_xgboost()
 
@@ -150,7 +167,7 @@ def _load_xgboost(bundle: ModelBundle, nthread: int):
         booster.load_model(bytearray(bundle.raw))  # JSON or UBJ, detected from the bytes
     except xgb.core.XGBoostError as exc:
         raise ModelLoadError(bundle.path, f"not an xgboost JSON/UBJ model ({str(exc).splitlines()[0][:200]})") from None
-    booster.set_param({"nthread": nthread})
+    booster.set_param({"nthread": nthread, "device": device()})
     n_features = booster.num_features()
     bundle.n_features = n_features or None
     if bundle.features is not None and n_features not in (0, len(bundle.features)):
@@ -201,7 +218,8 @@ def _load_torch(bundle: ModelBundle, nthread: int):
         model.load_state_dict(state)
     except Exception as exc:
         raise ModelLoadError(bundle.path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    model.eval()
+    dev = device()
+    model.eval().to(dev)
     passes = bundle.mc_dropout
     if passes:
         dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
@@ -221,13 +239,13 @@ def _load_torch(bundle: ModelBundle, nthread: int):
 
     def tensors(X) -> tuple[int, list]:
         if arguments:
-            return len(X[arguments[0]]), [torch.from_numpy(np.ascontiguousarray(X[k])) for k in arguments]
-        return len(X), [torch.from_numpy(np.ascontiguousarray((X - mean) / scale, dtype=np.float32))]
+            return len(X[arguments[0]]), [torch.from_numpy(np.ascontiguousarray(X[k])).to(dev) for k in arguments]
+        return len(X), [torch.from_numpy(np.ascontiguousarray((X - mean) / scale, dtype=np.float32)).to(dev)]
 
     def probabilities(args) -> np.ndarray:
         logits = model(*args)
         out = torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)
-        P = out.numpy().reshape(len(out), -1)
+        P = out.cpu().numpy().reshape(len(out), -1)
         return P if T is None else apply_temperature(P, T)
 
     def predict(X) -> np.ndarray:

@@ -1,10 +1,41 @@
-"""Plots every workload writes (matplotlib, Agg): people would rather look at a ROC than read one."""
+"""Plots every workload writes: matplotlib (Agg) in mplhep's HEP styles, histograms drawn from
+``hist`` objects with their errors; people would rather look at a ROC than read one.
+
+The job's ``report:`` block (style CMS | ATLAS | none, label, lumi, com) picks the style and the
+experiment label. ``hepray.run`` sets it for the run (:func:`styled`, a context variable on the
+driver, where plots are made); every figure made through :func:`_plt` gets the style and every
+figure saved through :func:`_save` gets the label, so no plot function needs the job.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
 
 import numpy as np
+
+_REPORT: contextvars.ContextVar = contextvars.ContextVar("hepray_report", default=None)
+_applied = [None]  # the style the process's rcParams hold now
+STYLES = {"CMS": "CMS", "ATLAS": "ATLAS", "none": "ROOT"}
+
+
+def _spec(report=None) -> dict:
+    report = report if report is not None else _REPORT.get()
+    if report is None:
+        return {"style": "none", "label": "Simulation", "lumi": None, "com": None}
+    return report if isinstance(report, dict) else report.model_dump()
+
+
+@contextlib.contextmanager
+def styled(report=None):
+    """Plots made inside use ``report`` (a ReportSpec or its dict; None: the current one)."""
+    token = _REPORT.set(report) if report is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _REPORT.reset(token)
 
 
 def _plt():
@@ -13,24 +44,80 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    style = STYLES[_spec()["style"]]
+    if _applied[0] != style:
+        import mplhep
+
+        matplotlib.rcdefaults()
+        matplotlib.use("Agg")
+        mplhep.style.use(style)
+        # the experiments' styles are sized for 10 x 10 inch figures; hepray's are about half that
+        plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "font.size": 11, "axes.labelsize": 12,
+                             "axes.titlesize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+                             "legend.fontsize": 9, "xtick.major.size": 6, "ytick.major.size": 6,
+                             "xtick.minor.size": 3, "ytick.minor.size": 3, "lines.linewidth": 1.5})
+        _applied[0] = style
     return plt
 
 
 def prefetch() -> None:
-    """Import matplotlib in a background thread (0.6-1.2 s) while the caller reads data or fits,
-    which leaves a core free much of the time; the first plot then finds it imported."""
+    """Import matplotlib and mplhep in a background thread (1-1.5 s) while the caller reads data
+    or fits, which leaves a core free much of the time; the first plot then finds them imported."""
     import threading
 
-    threading.Thread(target=_plt, name="hepray-import-matplotlib", daemon=True).start()
+    def imports():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import mplhep  # noqa: F401
+
+    threading.Thread(target=imports, name="hepray-import-matplotlib", daemon=True).start()
+
+
+def experiment_label(ax, report=None) -> None:
+    """The experiment label above ``ax`` (CMS/ATLAS + label, or the label alone), with the
+    luminosity and centre-of-mass energy when the report gives them."""
+    import mplhep
+
+    r = _spec(report)
+    if getattr(ax, "_hepray_label", False):
+        return
+    # data=True: the label is the whole text (with data=False mplhep prepends its own "Simulation")
+    kw = {"ax": ax, "data": True, "lumi": r["lumi"], "com": r["com"], "loc": 0}
+    title = ax.get_title()
+    if title:  # the label takes the title's place: the title moves inside, as a legend-like note
+        ax.set_title("")
+        ax.text(0.02, 0.98, title, transform=ax.transAxes, fontsize="x-small", va="top", ha="left")
+    size = 11
+    if r["style"] == "CMS":
+        mplhep.cms.label(r["label"], fontsize=size, **kw)
+    elif r["style"] == "ATLAS":
+        mplhep.atlas.label(r["label"], fontsize=size, **kw)
+    else:
+        mplhep.label.exp_label(exp="", llabel=r["label"], fontsize=size, **kw)
+    ax._hepray_label = True
 
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    axes = [a for a in fig.get_axes() if a.get_visible() and a.has_data()]
+    if axes:
+        experiment_label(axes[0])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     _plt().close(fig)
     return path
+
+
+def hist1d(values: np.ndarray, edges: np.ndarray, weights: np.ndarray | None = None):
+    """A weighted ``hist`` histogram of ``values`` (errors from sumw2)."""
+    import hist
+
+    h = hist.Hist(hist.axis.Variable(edges), storage=hist.storage.Weight())
+    h.fill(values, weight=weights if weights is not None else np.ones(len(values)))
+    return h
 
 
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "ROC") -> Path:
@@ -51,19 +138,24 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: st
 
 def score_distributions(groups: dict[str, np.ndarray], path, title: str = "score", bins: int = 40,
                         dashed: dict[str, np.ndarray] | None = None, xlabel: str = "score") -> Path:
-    """Normalised histograms per group; ``dashed`` ones overlaid as points (e.g. test vs train)."""
+    """Normalised histograms per group (``hist`` objects, drawn by mplhep with their statistical
+    errors); ``dashed`` ones overlaid as points (e.g. test vs train)."""
+    import mplhep
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     lo = min(float(np.min(v)) for v in groups.values() if len(v))
     hi = max(float(np.max(v)) for v in groups.values() if len(v))
     edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
     for label, v in groups.items():
-        ax.hist(v, bins=edges, density=True, histtype="step", lw=1.5, label=label)
+        if len(v):
+            mplhep.histplot(hist1d(np.asarray(v), edges), ax=ax, density=True, yerr=True, histtype="step", lw=1.5,
+                            label=label, flow=None)
     for label, v in (dashed or {}).items():
         if not len(v):  # e.g. no training rows kept in memory (external-memory training)
             continue
-        h, _ = np.histogram(v, bins=edges, density=True)
-        ax.plot(0.5 * (edges[1:] + edges[:-1]), h, ".", label=label)
+        mplhep.histplot(hist1d(np.asarray(v), edges), ax=ax, density=True, yerr=True, histtype="errorbar",
+                        markersize=3, label=label, flow=None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("normalised")
     ax.set_title(title)
@@ -107,8 +199,11 @@ def mass_spectrum(values: np.ndarray, path, xlabel: str = "$m_{\\mu\\mu}$ [GeV]"
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     edges = np.geomspace(lo, hi, bins + 1)
-    counts, _ = np.histogram(values, edges)
-    ax.stairs(counts, edges, fill=True, alpha=0.7)
+    import mplhep
+
+    h = hist1d(np.asarray(values), edges)
+    counts = h.values()
+    mplhep.histplot(h, ax=ax, histtype="fill", alpha=0.7, flow=None)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(0.5, max(2, counts.max()) * 5)
@@ -118,6 +213,58 @@ def mass_spectrum(values: np.ndarray, path, xlabel: str = "$m_{\\mu\\mu}$ [GeV]"
     ax.set_xlabel(xlabel)
     ax.set_ylabel("events / bin")
     ax.set_title(title or f"{len(values)} events")
+    return _save(fig, path)
+
+
+def stacked_templates(tab: dict, edges: np.ndarray, processes: list[str], signal: list[str], path, xlabel: str,
+                      title: str = "", observed: bool = False) -> Path:
+    """The category's templates: backgrounds stacked, signal on top as a line, data_obs as points
+    (Asimov unless ``observed``), statistical errors from sumw2."""
+    import mplhep
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    bkg = [p for p in processes if p not in signal]
+    if bkg:
+        mplhep.histplot([tab[p][0] for p in bkg], edges, ax=ax, stack=True, histtype="fill", label=bkg, alpha=0.8)
+        tot = sum(tab[p][0] for p in bkg)
+        err = np.sqrt(sum(tab[p][1] for p in bkg))
+        ax.stairs(tot + err, edges, baseline=tot - err, fill=True, hatch="///", alpha=0.0, label="MC stat.")
+    for p in signal:
+        mplhep.histplot(tab[p][0], edges, yerr=np.sqrt(tab[p][1]), ax=ax, histtype="step", lw=2, label=f"{p} (signal)")
+    v, var = tab["data_obs"]
+    mplhep.histplot(v, edges, yerr=np.sqrt(var), ax=ax, histtype="errorbar", color="black",
+                    label="data" if observed else "Asimov data")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("events / bin")
+    ax.set_yscale("log")
+    top = max(float(np.max(v)) if len(v) else 1.0, 1.0)
+    ax.set_ylim(max(top * 1e-4, 1e-3), top * 50)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def variation(tab: dict, edges: np.ndarray, process: str, syst: str, path, xlabel: str) -> Path:
+    """A process's nominal template with its ``syst`` Up/Down variations and their ratio."""
+    import mplhep
+
+    plt = _plt()
+    fig, (ax, rax) = plt.subplots(2, 1, figsize=(5.5, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    nom, nvar = tab[process]
+    up, down = tab[f"{process}_{syst}Up"][0], tab[f"{process}_{syst}Down"][0]
+    mplhep.histplot(nom, edges, yerr=np.sqrt(nvar), ax=ax, color="black", label="nominal")
+    mplhep.histplot(up, edges, ax=ax, color="tab:red", label=f"{syst} up")
+    mplhep.histplot(down, edges, ax=ax, color="tab:blue", label=f"{syst} down")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for arr, c in ((up, "tab:red"), (down, "tab:blue")):
+            rax.stairs(np.where(nom > 0, arr / nom, 1.0), edges, color=c)
+    rax.axhline(1, color="gray", lw=0.8)
+    rax.set_ylabel("var / nom")
+    rax.set_xlabel(xlabel)
+    ax.set_ylabel("events / bin")
+    ax.set_title(f"{process}: {syst}")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -11,6 +11,7 @@ from . import (  # noqa: E402,F401  # noqa: E402,F401  # noqa: E402,F401
     infer,
     infer_gnn,
     skim,
+    templates,
     train_bdt,
     train_classifier,  # noqa: E402,F401
     train_gnn,

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import DatasetSpec, JobConfig, Spec
 from ..data.loading import SPLIT, iter_columns
@@ -72,6 +72,43 @@ class FitSpec(Spec):
     cache_mb: float = Field(1024.0, ge=0)  # reference data up to this size stay in memory across epochs
 
 
+class MapSpec(Spec):
+    """A profile map of the classical method: ``w`` averaged per cell of an ``x`` x ``y`` grid."""
+
+    x: str
+    y: str
+    w: str
+    bins: tuple[int, int] = (10, 16)
+
+
+class LumiModelSpec(Spec):
+    """Per-lumisection models (hepray/anomaly/dqm.py), trained on pseudo-lumisections of the
+    reference's good events and calibrated on held-out ones (docs/anomaly.md)."""
+
+    enabled: bool = True
+    variables: list[str] | None = None  # monitored variables; default: the model's features
+    bins: int = Field(20, ge=2)  # equal-probability reference bins per variable (+ 2 outside its range)
+    test: Literal["chi2", "ks"] = "chi2"  # classical: per-variable test against the reference
+    combine: Literal["min_p", "fisher"] = "min_p"  # classical: over variables
+    min_expected: float = Field(5.0, gt=0)  # chi2: bins merged until this many expected events
+    events: tuple[int, int] = (50, 2000)  # pseudo-lumisection sizes, log-uniform (cover the scanned ones)
+    train_lumis: int = Field(2000, ge=50)
+    calibration_lumis: int = Field(1000, ge=10)
+    check_lumis: int = Field(1000, ge=10)
+    hidden: list[int] = [64, 16]
+    latent: int = Field(4, gt=0)
+    epochs: int = Field(200, gt=0)
+    min_events: int = Field(200, ge=20)  # fewer reference events in a split: no lumisection models
+    maps: list[MapSpec] = []  # classical: profile maps next to the per-variable histograms
+
+    @field_validator("events")
+    @classmethod
+    def _sizes(cls, v):
+        if not (0 < v[0] <= v[1]):
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return v
+
+
 class TrainAnomalyConfig(JobConfig):
     dataset: DatasetSpec
     features: list[str] = Field(min_length=1)
@@ -79,6 +116,17 @@ class TrainAnomalyConfig(JobConfig):
     training: FitSpec = FitSpec()
     split: SplitSpec = SplitSpec(validation=0.25, test=0.25)
     reference_max_events: int = Field(1_000_000, gt=0)  # held-out events scored for the reference table
+    lumi: LumiModelSpec = LumiModelSpec()
+
+    @model_validator(mode="after")
+    def _lumi_variables(self):
+        bad = [v for v in (self.lumi.variables or []) if v not in self.features]
+        if bad:
+            raise ValueError(f"lumi.variables: {bad} are not among features")
+        bad = [v for m in self.lumi.maps for v in (m.x, m.y, m.w) if v not in self.features]
+        if bad:
+            raise ValueError(f"lumi.maps: {bad} are not among features")
+        return self
 
 
 class ReferenceStream:
@@ -112,6 +160,19 @@ class ReferenceStream:
             X = feature_matrix(cols, feats, shard.file)
             ok = np.isfinite(X).all(axis=1)
             yield X[ok], np.asarray(cols[SPLIT])[ok], int((~ok).sum())
+
+    def raw(self, max_events: int) -> dict[str, np.ndarray]:
+        """Unstandardised events of each split (``train``, ``validation``, ``test``), at most
+        ``max_events`` each: the pools of the lumisection models' pseudo-lumisections."""
+        out: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+        raw = self.cache if self.cache is not None else ((X, u) for X, u, _ in self._read(self.shards))
+        for X, u in raw:
+            for name, m in zip(("train", "validation", "test"), self._masks(u)):
+                have = sum(len(x) for x in out[name])
+                if have < max_events:
+                    out[name].append(X[m][: max_events - have])
+        F = len(self.job.features)
+        return {k: np.concatenate(v) if v else np.zeros((0, F)) for k, v in out.items()}
 
     def _masks(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sp = self.job.split
@@ -242,11 +303,18 @@ class TrainAnomaly(Workload):
             "validation_loss": history[best_epoch - 1]["validation_loss"], "seconds_train": round(fit_s, 3),
             "reference_quantiles": {str(q): v for q, v in quantiles.items()}, **stream.counts,
         }
+        lumi_meta = self._lumi_model(stream, ctx.log)
+        if lumi_meta is not None:
+            meta_lumi = {"lumi": lumi_meta}
+            result["lumi_model"] = {"calibration_lumis": len(lumi_meta["calibration"]["classical"]),
+                                    "seconds": lumi_meta["seconds"], **lumi_meta["autoencoder_fit"]}
+        else:
+            meta_lumi = {}
         save_metadata(mdir, {
             "type": "torch", "file": "model.pt", "task": "anomaly", "features": list(job.features), "classes": [],
             "architecture": model.arch, "preprocessing": {"mean": stream.mean, "scale": stream.scale},
             "anomaly": {"score": job.model.score, "reference": ref.to_dict(),
-                        "reference_events": "validation + test split of the training dataset"},
+                        "reference_events": "validation + test split of the training dataset", **meta_lumi},
             "metrics": result,
         })
         hist = ScoreHistograms()
@@ -255,3 +323,31 @@ class TrainAnomaly(Workload):
         score_distributions(ref, hist.counts, ctx.store.local("plots") / "reference_scores.png")
         ctx.write_json("metrics.json", {**result, "history": history})
         return {"events_in": plan.events, **result, "model": str(ctx.store.path("model"))}
+
+    def _lumi_model(self, stream: ReferenceStream, log) -> dict | None:
+        """The per-lumisection models' block of the artifact, or None (disabled, or too few
+        reference events in a split to calibrate them: said in the log)."""
+        from ..anomaly.dqm import build_lumi_model
+
+        job: TrainAnomalyConfig = self.job
+        ls = job.lumi
+        if not ls.enabled:
+            return None
+        t0 = time.perf_counter()
+        pools = stream.raw(max_events=2_000_000)
+        small = {k: len(v) for k, v in pools.items() if len(v) < ls.min_events}
+        if small:
+            log(f"lumisection models skipped: {small} reference events in these splits, lumi.min_events is {ls.min_events}")
+            return None
+        variables = list(ls.variables or job.features)
+        names = variables + [f for f in job.features if f not in variables]
+        cols = [job.features.index(v) for v in names]
+        pools = {k: v[:, cols] for k, v in pools.items()}
+        maps = [{"cols": tuple(names.index(v) for v in (m.x, m.y, m.w)), "names": (m.x, m.y, m.w), "bins": tuple(m.bins)}
+                for m in ls.maps]
+        out = build_lumi_model(pools, variables, maps=maps, bins=ls.bins, test=ls.test, combine=ls.combine,
+                               min_expected=ls.min_expected, sizes=tuple(ls.events), n_train=ls.train_lumis,
+                               n_calibration=ls.calibration_lumis, n_check=ls.check_lumis, ae_hidden=tuple(ls.hidden),
+                               ae_latent=ls.latent, ae_epochs=ls.epochs, seed=job.seed, log=log)
+        out["seconds"] = round(time.perf_counter() - t0, 3)
+        return out
