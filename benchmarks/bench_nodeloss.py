@@ -34,8 +34,8 @@ def committed(run: Path) -> int:
 
 
 def one_run(d: Path, job: dict, name: str, kill_after: int | None) -> dict:
-    env, client = cluster_env(d)
-    env = {**env, **FAST_HEALTH}
+    client = cluster_env()
+    env = {**client, **FAST_HEALTH}
     head = Node(env, d / f"{name}-head.log", head=True, num_cpus=1)
     nodes = [head]
     try:

@@ -148,14 +148,13 @@ class Node:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def cluster_env(tmp: Path) -> tuple[dict, dict]:
-    """(environment for the nodes, environment for a client): one fresh token, token mode on,
+def cluster_env() -> dict:
+    """The environment for a cluster's nodes and its clients: one fresh token, token mode on,
     no RAY_*/AWS_* variables inherited from the test session."""
     token = secrets.token_hex(32)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     base.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
-    env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    return env, dict(env)
+    return {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
 
 
 def wait_nodes(address: str, env: dict, n: int, timeout: float = 180) -> None:

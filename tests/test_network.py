@@ -44,7 +44,7 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
 
 def test_nothing_listening_is_one_line_at_once(toy, tmp_path):
     port, = free_ports(1)
-    env, _ = cluster_env(tmp_path)
+    env = cluster_env()
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     r = _hepray_run(infer_job(toy, tmp_path / "run"), tmp_path, env)
     last = _one_line_error(r)
@@ -53,7 +53,7 @@ def test_nothing_listening_is_one_line_at_once(toy, tmp_path):
 
 
 def test_local_instance_takes_only_its_token_and_a_refused_join_names_the_variables(toy, tmp_path):
-    env, _ = cluster_env(tmp_path)
+    env = cluster_env()
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         env.pop(k)  # as a user's shell: nothing set; hepray turns token mode on for its own instance
     holder = subprocess.Popen([sys.executable, "-c", LOCAL], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

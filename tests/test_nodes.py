@@ -39,8 +39,8 @@ def small_clusters(toy, tmp_path_factory):
 
 @pytest.fixture()
 def three_nodes(tmp_path):
-    env, client = cluster_env(tmp_path)
-    env = {**env, **FAST_HEALTH, "PYTHONPATH": str(ROOT)}
+    client = cluster_env()
+    env = {**client, **FAST_HEALTH, "PYTHONPATH": str(ROOT)}
     head = Node(env, tmp_path / "head.log", head=True, num_cpus=1)
     nodes = [head]
     try:

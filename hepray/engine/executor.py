@@ -20,8 +20,8 @@ from ..data import files
 from ..data.shard import Shard
 from ..errors import HeprayError
 from ..extras import LEAN_XGBOOST
-from ..models.predict import DEVICE_VAR
 from ..io.parts import as_path, fingerprint, marker_state, part_fingerprint, remove_uncommitted, write_part
+from ..models.predict import DEVICE_VAR
 from . import pool
 from . import summary as summaries
 from .ledger import Ledger
@@ -109,8 +109,9 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
     run is refused before anything runs. A shard running longer than ``shard_timeout_s`` has its
     actor replaced and is tried again (``max_retries``), then reported as failed.
 
-    Losing an actor (its process or its node died) costs its shards one attempt each: they go to
-    the actors that are left at once, and a replacement actor is asked for; it joins when Ray
+    Losing an actor (its process or its node died) costs the shard it ran one attempt; that shard
+    and those queued behind it go to the actors that are left at once, and a replacement actor
+    is asked for; it joins when Ray
     can place it (the node is back, an autoscaler added one), so the pool shrinks and grows
     again. Shards only go to actors that have started, so a replacement Ray cannot place holds
     nothing up; with no actor left for ``restart_timeout_s`` the run ends with one line. The
@@ -126,6 +127,10 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
             shards = list(shards)
         _refuse_changed(shards, parts_dir, run_fp)
     first, pool_key = pool.acquire(ShardWorker, workers, cpus_per_worker, max_retries, gpus_per_worker)
+
+    def fresh():  # a replacement for a lost actor, of the pool's shape
+        return pool.new_actor(ShardWorker, cpus_per_worker, gpus_per_worker)
+
     # the run's settings (the processor holds config and model bytes) go to the object store once;
     # the driver holds the ref until the end, so a replacement actor can always fetch them
     token = uuid.uuid4().hex
@@ -187,7 +192,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                 backlog.appendleft(shard)
         pool.kill([sl.actor])
         lost[0] += 1
-        sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries, gpus_per_worker))
+        sl.start(fresh())
         print(f"[hepray {label}] worker lost ({why}); {sum(x.ready for x in slots)} of {len(slots)} workers "
               "left, a replacement is asked for", file=sys.stderr, flush=True)
 
@@ -245,7 +250,7 @@ def map_shards(shards: Iterable[Shard], processor, parts_dir, *, fmt: str, tree:
                     print(f"[hepray {label}] a worker failed to start 3 times ({why}); going on with fewer",
                           file=sys.stderr, flush=True)
                 else:
-                    sl.start(pool.new_actor(ShardWorker, cpus_per_worker, max_retries, gpus_per_worker))
+                    sl.start(fresh())
             return
         sl, shard = pending[ref]
         try:
@@ -329,7 +334,6 @@ class _Slot:
 
     def __init__(self, actor):
         self.queue: list = []
-        self.last_file: str | None = None  # an actor keeps the trees it read open (KEEP_OPEN)
         self.head_since = 0.0  # when the first queued task started (estimate)
         self.started_late = False
         self.start_failures = 0
@@ -338,7 +342,7 @@ class _Slot:
     def start(self, actor, late: bool = True) -> None:
         self.actor, self.ready, self.started_late = actor, False, late
         self.ready_ref = actor.pid.remote()  # resolves once Ray has placed and started it
-        self.last_file = None
+        self.last_file: str | None = None  # an actor keeps the trees it read open (KEEP_OPEN)
 
 
 def _refuse_changed(shards: Iterable[Shard], parts_dir, run_fp: str) -> None:

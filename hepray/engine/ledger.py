@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..io.parts import _default as json_default  # numpy scalars/arrays, paths: as the manifest writes them
+
 ENTRY = ("index", "shard_id", "source", "sample", "part", "n_in", "n_out", "bytes_written", "sha256", "nonfinite")
 
 
@@ -25,8 +27,8 @@ def _h(name: str) -> int:
 class HashSet:
     """``name in s`` for a sorted array of 64-bit name hashes (a false positive only keeps a file)."""
 
-    def __init__(self, names: Iterator[str]):
-        self._a = np.sort(np.fromiter((_h(n) for n in names), dtype=np.uint64))
+    def __init__(self, hashes: array):
+        self._a = np.sort(np.frombuffer(hashes, dtype=np.uint64)) if len(hashes) else np.zeros(0, np.uint64)
 
     def __contains__(self, name: str) -> bool:
         h = np.uint64(_h(name))
@@ -55,7 +57,7 @@ class Ledger:
         self.events_out += rec.get("n_out", 0)
         self._index.append(int(rec.get("index", 0)))
         self._offset.append(self._f.tell())
-        self._f.write(json.dumps({k: rec.get(k) for k in ENTRY}, default=_plain).encode() + b"\n")
+        self._f.write(json.dumps({k: rec.get(k) for k in ENTRY}, default=json_default).encode() + b"\n")
 
     def parts(self) -> Iterator[dict]:
         """Committed shards' manifest entries in plan order, read back one at a time."""
@@ -68,14 +70,17 @@ class Ledger:
         self._f.seek(0, 2)  # appends go on at the end
 
     def kept(self) -> tuple[HashSet, HashSet]:
-        """(part file names, shard ids) of the committed shards: what a run's last step keeps."""
-        return HashSet(p["part"] for p in self.parts()), HashSet(p["shard_id"] for p in self.parts())
+        """(part file names, shard ids) of the committed shards: what a run's last step keeps.
+        One pass in file order: the order does not matter here."""
+        self._f.flush()
+        self._f.seek(0)
+        parts, ids = array("Q"), array("Q")
+        for line in self._f:
+            rec = json.loads(line)
+            parts.append(_h(rec["part"]))
+            ids.append(_h(rec["shard_id"]))
+        self._f.seek(0, 2)
+        return HashSet(parts), HashSet(ids)
 
     def close(self) -> None:
         self._f.close()
-
-
-def _plain(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)

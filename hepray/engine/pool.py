@@ -34,15 +34,14 @@ def acquire(actor_cls, n: int, num_cpus: float, max_retries: int, num_gpus: floa
         _key, _actors = None, []  # taken out: a run that fails kills them instead of parking
     kill(taken[n:])
     taken = taken[:n]
-    return taken + [new_actor(actor_cls, num_cpus, max_retries, num_gpus) for _ in range(n - len(taken))], key
+    return taken + [new_actor(actor_cls, num_cpus, num_gpus) for _ in range(n - len(taken))], key
 
 
-def new_actor(actor_cls, num_cpus: float, max_retries: int, num_gpus: float = 0):
+def new_actor(actor_cls, num_cpus: float, num_gpus: float = 0):
     """A fresh shard actor. Ray does not restart it: a lost actor is replaced by the executor,
     which sends its shards to the actors that are left (a restart on a lost node would wait)."""
     import ray
 
-    del max_retries  # part of the pool's key; retries are the executor's
     return ray.remote(actor_cls).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
                                          max_task_retries=0).remote(num_cpus, num_gpus)
 
