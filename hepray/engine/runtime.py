@@ -28,7 +28,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, keep_
         # A local instance: no dashboard (it binds a port and costs seconds). Ray 2.60's servers
         # listen on every interface whatever node address is given (no bind option), so the
         # token is what keeps other machines out: Ray turns it on for a new local instance
-        # unless RAY_AUTH_MODE says otherwise (set here, the driver's cached mode would differ).
+        # unless RAY_AUTH_MODE says otherwise. hepray does not set the variable itself: this
+        # process has read Ray's config already, and its mode would then differ from the instance's.
         kwargs.update(include_dashboard=False, num_cpus=num_cpus)
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
             logging.getLogger("hepray").warning(
